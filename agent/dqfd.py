@@ -1,0 +1,407 @@
+"""The DQfD agent (Hester et al., "Deep Q-learning from Demonstrations", AAAI 2018, arXiv 1704.03732v4).
+
+Algorithm 1 of the paper, in two phases:
+
+1. Pretraining (:meth:`DQfDAgent.pretrain`): sample mini-batches from the demonstrations only, apply the
+   combined loss J(Q), copy the online network into the target network every τ updates.
+2. Online (:meth:`DQfDAgent.observe` then :meth:`DQfDAgent.train_step`): act ε-greedily, add the agent's own
+   transitions to the FIFO part of the replay, and sample from demonstrations and agent data together,
+   prioritized. The margin loss J_E applies to the demonstration samples of each batch only.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from agent.config import DQfDConfig
+from agent.demonstrations import Episode, layout_arrays, layout_episodes
+from agent.inference import NumpyQNetwork
+from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, masked, td_loss, td_targets
+from agent.networks import DuelingQNetwork
+from agent.replay import PrioritizedReplay
+from agent.types import Batch, LossInfo
+
+CHECKPOINT_FORMAT = "dqfd-agent"
+CHECKPOINT_VERSION = 1
+
+PretrainCallback = Callable[[int, dict[str, float]], None]
+"""Called as ``callback(updates_done, mean_losses_since_last_call)`` during :meth:`DQfDAgent.pretrain`."""
+
+
+class DQfDAgent:
+    """Deep Q-learning from Demonstrations over feature-vector states and discrete actions."""
+
+    def __init__(
+        self, state_dim: int, n_actions: int, config: DQfDConfig | None = None, seed: int | None = None
+    ) -> None:
+        """Create the networks, the optimizer and an empty replay.
+
+        Args:
+            state_dim: length of the state feature vector.
+            n_actions: number of discrete actions.
+            config: hyperparameters (the paper's defaults when omitted).
+            seed: seeds network initialisation, sampling and exploration; None draws fresh entropy.
+        """
+        if state_dim < 1 or n_actions < 1:
+            raise ValueError("state_dim and n_actions must be >= 1")
+        self.config = config if config is not None else DQfDConfig()
+        self.state_dim = int(state_dim)
+        self.n_actions = int(n_actions)
+        self.seed = seed
+        self.device = torch.device(self.config.device)
+        self.rng = np.random.default_rng(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.rng.integers(2**31)))
+            self.online = DuelingQNetwork(self.state_dim, self.n_actions, self.config.hidden_sizes)
+        self.online.to(self.device)
+        self.target = copy.deepcopy(self.online)
+        self.target.requires_grad_(False)
+        self.optimizer = _adam(
+            list(self.online.parameters()), self.config.learning_rate, self.config.adam_eps
+        )
+        self.replay = PrioritizedReplay(
+            self.state_dim,
+            self.n_actions,
+            capacity=self.config.replay_capacity,
+            alpha=self.config.priority_alpha,
+            demo_bonus=self.config.demo_priority_bonus,
+            agent_bonus=self.config.agent_priority_bonus,
+            rng=self.rng,
+        )
+        self.n_updates = 0
+        """Gradient updates done, pretraining and online together (drives β and the target copies)."""
+        self.n_pretrain_updates = 0
+        """Of which pretraining updates."""
+        self.n_target_syncs = 0
+        """Hard copies of the online network into the target network so far."""
+        self.n_observed = 0
+        """Agent transitions passed to :meth:`observe`."""
+
+    # ------------------------------------------------------------------ data
+    def add_demonstrations(
+        self,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        episode_ids: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+    ) -> int:
+        """Add demonstration rows to the permanent part of the replay; returns the transitions added.
+
+        Rows of an episode are contiguous and in step order, and the next state of a row is the state of
+        the following row of the same episode. Without ``episode_ids`` an episode ends after each
+        ``done`` row. A last row without ``done`` (the log stops mid-session) keeps only its state, as the
+        bootstrap state of the row before it. ``masks`` (N, n_actions) marks the allowed actions.
+        """
+        demos = layout_arrays(
+            states, actions, rewards, dones, episode_ids, masks, self.state_dim, self.n_actions
+        )
+        return self.replay.add_demonstrations(demos)
+
+    def add_demonstration_episodes(self, episodes: list[Episode]) -> int:
+        """Add whole :class:`~agent.demonstrations.Episode` objects; returns the transitions added."""
+        return self.replay.add_demonstrations(layout_episodes(episodes, self.state_dim, self.n_actions))
+
+    def clear_demonstrations(self) -> None:
+        """Remove every demonstration (agent data stays)."""
+        self.replay.clear_demonstrations()
+
+    @property
+    def n_demonstrations(self) -> int:
+        """Demonstration transitions in the replay."""
+        return self.replay.demo_count
+
+    @property
+    def n_agent_transitions(self) -> int:
+        """Agent transitions currently in the replay (at most ``config.replay_capacity``)."""
+        return self.replay.agent_count
+
+    def observe(
+        self,
+        state: np.ndarray,
+        action: int,
+        reward: float,
+        next_state: np.ndarray,
+        done: bool,
+        mask: np.ndarray | None = None,
+        next_mask: np.ndarray | None = None,
+        truncated: bool = False,
+    ) -> None:
+        """Add one of the agent's own transitions to the FIFO part of the replay.
+
+        Args:
+            done: the episode terminated at ``next_state`` (no bootstrap from it).
+            mask / next_mask: allowed actions at ``state`` / ``next_state``.
+            truncated: the episode stops at ``next_state`` without terminating (a time limit): the next
+                call starts a new episode, and ``next_state`` is still bootstrapped from.
+        """
+        state = self._state(state)
+        next_state = self._state(next_state)
+        if not 0 <= int(action) < self.n_actions:
+            raise ValueError(f"action must be in [0, {self.n_actions})")
+        if not np.isfinite(reward):
+            raise ValueError("reward must be finite")
+        self.replay.add_agent_transition(
+            state,
+            int(action),
+            float(reward),
+            next_state,
+            bool(done),
+            self._mask(mask),
+            self._mask(next_mask),
+            bool(truncated),
+        )
+        self.n_observed += 1
+
+    # ------------------------------------------------------------------ learning
+    @property
+    def beta(self) -> float:
+        """Importance-sampling exponent, annealed linearly from β0 to its end value ([PER] Sec. 3.4)."""
+        cfg = self.config
+        fraction = min(1.0, self.n_updates / cfg.priority_beta_anneal_updates)
+        return cfg.priority_beta_start + fraction * (cfg.priority_beta_end - cfg.priority_beta_start)
+
+    def sample(self, demo_only: bool = False) -> Batch:
+        """Draw one prioritized mini-batch (demonstrations only during pretraining)."""
+        cfg = self.config
+        indices, weights = self.replay.sample_indices(cfg.batch_size, self.beta, demo_only)
+        return self.replay.gather(indices, weights, cfg.n_step, cfg.gamma, cfg.reward_transform, self.device)
+
+    def learn(self, batch: Batch) -> tuple[LossInfo, np.ndarray]:
+        """One gradient step on J(Q) for a batch; returns the loss components and |δ| of the 1-step TD.
+
+        J(Q) = J_DQ + λ1·J_n + λ2·J_E + λ3·J_L2 ([DQfD] Eq. 3), the TD and margin terms weighted per
+        sample by the importance-sampling weights of prioritized replay.
+        """
+        cfg = self.config
+        q = self.online(batch.states)
+        q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+
+        # Double-DQN targets for the 1-step and the n-step return, in one pass over both bootstrap states.
+        with torch.no_grad():
+            bootstrap_states = torch.cat([batch.next_states, batch.nstep_states])
+            bootstrap_masks = (
+                None if batch.next_masks is None else torch.cat([batch.next_masks, batch.nstep_masks])
+            )
+            bootstrap = double_dqn_bootstrap(
+                self.online(bootstrap_states), self.target(bootstrap_states), bootstrap_masks
+            )
+            bootstrap_1, bootstrap_n = bootstrap.split(batch.states.shape[0])
+            target_1 = td_targets(batch.rewards, batch.discounts, bootstrap_1)
+            target_n = td_targets(batch.nstep_returns, batch.nstep_discounts, bootstrap_n)
+
+        j_dq = td_loss(q_taken, target_1, cfg.td_loss)
+        j_n = td_loss(q_taken, target_n, cfg.td_loss)
+        j_e = margin_loss(q, batch.actions, cfg.margin, batch.masks, batch.is_demo)
+        per_sample = j_dq + cfg.lambda_n * j_n + cfg.lambda_margin * j_e
+        data_loss = (batch.weights * per_sample).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        data_loss.backward()
+        # J_L2 = λ3·Σθ² is part of the loss: its gradient 2·λ3·θ is added to every parameter's gradient
+        # before clipping and Adam, exactly what backpropagating the term would give, at a fraction of the
+        # cost (no autograd graph over all weights). This is coupled L2, not decoupled weight decay.
+        parameters = list(self.online.parameters())
+        with torch.no_grad():
+            j_l2 = l2_loss(parameters, cfg.lambda_l2)
+            for parameter in parameters:
+                parameter.grad.add_(parameter, alpha=2.0 * cfg.lambda_l2)
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.n_updates += 1
+        if self.n_updates % cfg.target_update_period == 0:
+            self.sync_target()
+
+        abs_td = (target_1 - q_taken.detach()).abs()
+        n_demo = int(batch.is_demo.sum())
+        info = LossInfo(
+            loss=float(data_loss.detach() + j_l2),
+            j_dq=float(j_dq.detach().mean()),
+            j_n=float(j_n.detach().mean()),
+            j_e=float(j_e.detach().sum()) / max(1, n_demo),
+            j_l2=float(j_l2.detach()),
+            demo_fraction=n_demo / batch.states.shape[0],
+            mean_q=float(q_taken.detach().mean()),
+        )
+        return info, abs_td.cpu().numpy()
+
+    def sync_target(self) -> None:
+        """Hard copy of the online network into the target network."""
+        self.target.load_state_dict(self.online.state_dict())
+        self.n_target_syncs += 1
+
+    def train_step(self, demo_only: bool = False) -> dict[str, float]:
+        """Sample, update, re-prioritize: one update of the online phase; returns the loss components.
+
+        The priority of each sampled transition becomes |δ| + ε with δ its one-step TD error before the
+        update ([PER] Alg. 1 line 12) and ε by its own part (ε_d or ε_a).
+        """
+        batch = self.sample(demo_only)
+        info, abs_td = self.learn(batch)
+        self.replay.update_priority(batch.indices, abs_td)
+        return info.as_dict()
+
+    def pretrain(
+        self,
+        steps: int | None = None,
+        progress: bool = False,
+        callback: PretrainCallback | None = None,
+        log_every: int | None = None,
+    ) -> dict[str, Any]:
+        """Pretraining phase: ``steps`` updates on demonstrations only, touching no environment.
+
+        Args:
+            steps: number of updates (``config.pretrain_steps``, the paper's 750,000, when omitted).
+            progress: show a tqdm progress bar.
+            callback: called every ``log_every`` updates with the mean loss components since its last call.
+            log_every: reporting interval (default: 1/100 of ``steps``).
+
+        Returns:
+            A summary: ``steps``, ``seconds``, ``updates_per_second``, ``final`` (mean components over the
+            last interval) and ``history`` (one entry per interval: ``step`` and the mean components).
+        """
+        steps = self.config.pretrain_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError("steps must be >= 0")
+        if steps and self.replay.demo_count == 0:
+            raise RuntimeError("pretraining needs demonstrations: call add_demonstrations first")
+        log_every = max(1, steps // 100) if log_every is None else max(1, int(log_every))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc="pretraining", unit="update")
+        history: list[dict[str, float]] = []
+        window: list[dict[str, float]] = []
+        started = time.perf_counter()
+        for step in range(1, steps + 1):
+            window.append(self.train_step(demo_only=True))
+            self.n_pretrain_updates += 1
+            if step % log_every == 0 or step == steps:
+                means = {key: float(np.mean([w[key] for w in window])) for key in window[0]}
+                history.append({"step": float(step), **means})
+                window = []
+                if callback is not None:
+                    callback(step, means)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", j_e=f"{means['j_e']:.4f}")
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - started
+        return {
+            "steps": steps,
+            "seconds": seconds,
+            "updates_per_second": steps / seconds if seconds > 0 else float("nan"),
+            "final": {k: v for k, v in history[-1].items() if k != "step"} if history else {},
+            "history": history,
+        }
+
+    # ------------------------------------------------------------------ acting
+    def q_values(self, states: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Q(s, ·) for a batch of states, shape (B, n_actions); disallowed actions are −∞."""
+        states_t = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
+        if states_t.ndim == 1:
+            states_t = states_t.unsqueeze(0)
+        masks_t = None
+        if masks is not None:
+            masks_t = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device).reshape(
+                states_t.shape[0], self.n_actions
+            )
+        with torch.no_grad():
+            return masked(self.online(states_t), masks_t).cpu().numpy()
+
+    def act(self, state: np.ndarray, mask: np.ndarray | None = None, epsilon: float | None = None) -> int:
+        """ε-greedy action among the allowed ones (``epsilon=0`` is greedy; default ``config.epsilon``)."""
+        epsilon = self.config.epsilon if epsilon is None else float(epsilon)
+        mask = self._mask(mask)
+        if epsilon > 0.0 and self.rng.random() < epsilon:
+            allowed = np.flatnonzero(mask) if mask is not None else np.arange(self.n_actions)
+            return int(self.rng.choice(allowed))
+        return int(np.argmax(self.q_values(self._state(state), mask)[0]))
+
+    def numpy_policy(self) -> NumpyQNetwork:
+        """An immutable NumPy copy of the online network, for serving."""
+        return NumpyQNetwork(self.online.state_dict())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, destination: str | Path | BinaryIO) -> None:
+        """Write a self-describing checkpoint: config, sizes, both networks, optimizer and counters.
+
+        It holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
+        The replay is not included: demonstrations come back from their source, agent data is transient.
+        """
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "state_dim": self.state_dim,
+            "n_actions": self.n_actions,
+            "seed": self.seed,
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "counters": {
+                "n_updates": self.n_updates,
+                "n_pretrain_updates": self.n_pretrain_updates,
+                "n_target_syncs": self.n_target_syncs,
+                "n_observed": self.n_observed,
+            },
+        }
+        torch.save(checkpoint, destination)
+
+    @classmethod
+    def load(cls, source: str | Path | BinaryIO, device: str | None = None) -> DQfDAgent:
+        """Rebuild an agent from :meth:`save`'s checkpoint (with an empty replay)."""
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a DQfD agent checkpoint")
+        if checkpoint.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"unsupported checkpoint version {checkpoint.get('version')}")
+        config = DQfDConfig.from_dict(checkpoint["config"])
+        if device is not None:
+            config.device = device
+        agent = cls(checkpoint["state_dim"], checkpoint["n_actions"], config, seed=checkpoint["seed"])
+        agent.online.load_state_dict(checkpoint["online"])
+        agent.target.load_state_dict(checkpoint["target"])
+        agent.optimizer.load_state_dict(checkpoint["optimizer"])
+        for name, value in checkpoint["counters"].items():
+            setattr(agent, name, int(value))
+        return agent
+
+    # ------------------------------------------------------------------ helpers
+    def _state(self, state: np.ndarray) -> np.ndarray:
+        array = np.asarray(state, dtype=np.float32).reshape(-1)
+        if array.shape[0] != self.state_dim:
+            raise ValueError(f"state must have {self.state_dim} features, got {array.shape[0]}")
+        if not np.isfinite(array).all():
+            raise ValueError("state contains NaN or infinite values")
+        return array
+
+    def _mask(self, mask: np.ndarray | None) -> np.ndarray | None:
+        if mask is None:
+            return None
+        array = np.asarray(mask, dtype=bool).reshape(-1)
+        if array.shape[0] != self.n_actions:
+            raise ValueError(f"mask must have {self.n_actions} entries, got {array.shape[0]}")
+        if not array.any():
+            raise ValueError("mask allows no action")
+        return array
+
+
+def _adam(parameters: list[torch.nn.Parameter], learning_rate: float, eps: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this PyTorch build has it (3× faster steps on CPU), else plain."""
+    try:
+        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps)

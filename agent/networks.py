@@ -1,0 +1,34 @@
+"""The dueling Q-network ([Dueling] Eq. 9) over feature vectors.
+
+A shared MLP trunk (ReLU), then a value stream V(s) and an advantage stream A(s, a), combined as
+Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a'). The paper's network is the convolutional Atari one; with
+feature-vector states the trunk is an MLP and each stream is one linear layer (docs/algorithm.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class DuelingQNetwork(nn.Module):
+    """Q(s, ·) for a batch of feature vectors."""
+
+    def __init__(self, state_dim: int, n_actions: int, hidden_sizes: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = state_dim
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.trunk = nn.Sequential(*layers)
+        self.value = nn.Linear(width, 1)
+        self.advantage = nn.Linear(width, n_actions)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Q-values, shape (B, n_actions)."""
+        features = self.trunk(states)
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)

@@ -1,0 +1,313 @@
+"""DQfD's replay: one logical prioritized buffer over a permanent demonstration part and a FIFO agent part.
+
+[DQfD] Sec. 3: demonstrations stay in the replay buffer forever; self-generated transitions fill the rest
+and overwrite only the oldest self-generated transition. Both parts are sampled together with
+proportional prioritization ([PER] Sec. 3.3): P(i) = p_i^α / Σ_k p_k^α, with p_i = |δ_i| + ε and a larger
+ε (ε_d) for demonstrations, so that the ratio of demonstration to agent data is set by the priorities.
+
+Each part is an :class:`~agent.storage.EpisodeStorage`; one :class:`~agent.sum_tree.SumTree` holds p^α of
+both, the demonstration slots first (leaves ``[0, demo capacity)``) and the agent slots after them, so a
+batch is one stratified descent of one tree; state-only slots have priority 0 and are never drawn.
+Because demonstrations come first, prefix sums below the demonstrations' total draw demonstrations only,
+which is how pretraining samples. Indices given out are ``slot`` for the demonstration part and
+``DEMO_INDEX_LIMIT + slot`` for the agent part, so they stay valid when demonstrations are added.
+
+The sampling seam is narrow, as in TorchRL: :meth:`sample_indices` gives indices and importance weights,
+:meth:`update_priority` takes indices and TD errors, and :meth:`gather` builds the tensors of a batch.
+Which δ sets the priority is not given by the paper; the agent uses the one-step TD error (as [PER]
+does), see docs/algorithm.md.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from agent.nstep import nstep_windows, one_step
+from agent.storage import EpisodeStorage
+from agent.sum_tree import SumTree
+from agent.types import Batch
+
+DEMO_INDEX_LIMIT = 1 << 40
+"""Agent-part indices are offset by this constant; demonstrations can never reach it."""
+
+
+class Demonstrations(NamedTuple):
+    """Validated demonstration episodes laid out slot by slot (see :mod:`agent.nstep`)."""
+
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    is_transition: np.ndarray
+    masks: np.ndarray | None
+
+
+class PrioritizedReplay:
+    """Prioritized replay over permanent demonstrations and a FIFO buffer of agent transitions."""
+
+    def __init__(
+        self,
+        state_dim: int,
+        n_actions: int,
+        capacity: int,
+        alpha: float,
+        demo_bonus: float,
+        agent_bonus: float,
+        rng: np.random.Generator,
+    ) -> None:
+        self.state_dim = int(state_dim)
+        self.n_actions = int(n_actions)
+        self.alpha = float(alpha)
+        self.demo_bonus = float(demo_bonus)
+        self.agent_bonus = float(agent_bonus)
+        self.rng = rng
+        self.demo = EpisodeStorage(0, state_dim, n_actions)
+        self.demo_size = 0
+        """Slots of the demonstration part in use (transitions and state-only slots)."""
+        self.demo_count = 0
+        """Demonstration transitions (drawable slots)."""
+        self.agent = EpisodeStorage(capacity, state_dim, n_actions)
+        self.tree = SumTree(capacity)
+        """p^α of every slot: demonstration slots at leaves [0, demo.capacity), agent slots after them."""
+        self.agent_head = 0
+        """Next agent slot to write; the slot after the newest one, i.e. the oldest data."""
+        self.agent_count = 0
+        """Agent transitions (drawable slots) currently stored."""
+        self.agent_pending = False
+        """The newest agent slot is a state-only slot whose state the next observation may continue."""
+        self.max_abs_td = 1.0
+        """Largest |δ| seen so far; new transitions enter with priority max|δ| + ε ([PER] Alg. 1 line 6)."""
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def has_masks(self) -> bool:
+        """Whether any stored slot carries an action mask."""
+        return self.demo.masks is not None or self.agent.masks is not None
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored arrays and the two sum trees."""
+        return self.demo.nbytes() + self.agent.nbytes() + self.tree.tree.nbytes
+
+    # ------------------------------------------------------------------ priorities
+    def _insertion_priority(self, bonus: float) -> float:
+        return float((self.max_abs_td + bonus) ** self.alpha)
+
+    # ------------------------------------------------------------------ demonstrations
+    def reserve_demonstrations(self, slots: int) -> None:
+        """Make room for ``slots`` more demonstration slots at once (avoids repeated growth)."""
+        needed = self.demo_size + int(slots)
+        if needed <= self.demo.capacity:
+            return
+        old_capacity = self.demo.capacity
+        self.demo.grow(needed - old_capacity)
+        leaves = self.tree.tree[self.tree.size : self.tree.size + self.tree.capacity]
+        values = np.zeros(self.demo.capacity + self.agent.capacity)
+        values[: self.demo_size] = leaves[: self.demo_size]
+        values[self.demo.capacity :] = leaves[old_capacity : old_capacity + self.agent.capacity]
+        self.tree = SumTree(values.shape[0])
+        self.tree.set_all(values)
+
+    def add_demonstrations(self, demos: Demonstrations) -> int:
+        """Append validated demonstration slots; returns the number of new transitions."""
+        n = demos.states.shape[0]
+        if self.demo.capacity - self.demo_size < n:
+            # Geometric growth keeps repeated chunked loading linear overall.
+            self.reserve_demonstrations(max(n, self.demo.capacity // 2))
+        lo, hi = self.demo_size, self.demo_size + n
+        self.demo.states[lo:hi] = demos.states
+        self.demo.actions[lo:hi] = demos.actions
+        self.demo.rewards[lo:hi] = demos.rewards
+        self.demo.dones[lo:hi] = demos.dones
+        self.demo.is_transition[lo:hi] = demos.is_transition
+        if demos.masks is not None:
+            self.demo.ensure_masks()[lo:hi] = demos.masks
+        self.demo_size = hi
+        priorities = np.where(demos.is_transition, self._insertion_priority(self.demo_bonus), 0.0)
+        self.tree.set(np.arange(lo, hi), priorities)
+        added = int(demos.is_transition.sum())
+        self.demo_count += added
+        return added
+
+    def clear_demonstrations(self) -> None:
+        """Drop every demonstration (the agent part is untouched)."""
+        agent_leaves = self._agent_leaves(np.arange(self.agent.capacity))
+        agent_values = self.tree.get(agent_leaves)
+        self.demo = EpisodeStorage(0, self.state_dim, self.n_actions)
+        self.demo_size = 0
+        self.demo_count = 0
+        self.tree = SumTree(self.agent.capacity)
+        self.tree.set_all(agent_values)
+
+    # ------------------------------------------------------------------ agent data
+    def _write_agent(self, state: np.ndarray, action: int | None, reward: float, done: bool, mask) -> int:
+        slot = self.agent_head
+        if self.agent.is_transition[slot]:
+            self.agent_count -= 1  # the oldest agent transition is the one overwritten
+        self.agent.write(slot, state, action, reward, done, mask)
+        if action is not None:
+            self.agent_count += 1
+        priority = self._insertion_priority(self.agent_bonus) if action is not None else 0.0
+        self.tree.set(self._agent_leaves(np.array([slot])), np.array([priority]))
+        self.agent_head = (slot + 1) % self.agent.capacity
+        return slot
+
+    def add_agent_transition(
+        self,
+        state: np.ndarray,
+        action: int,
+        reward: float,
+        next_state: np.ndarray,
+        done: bool,
+        mask: np.ndarray | None = None,
+        next_mask: np.ndarray | None = None,
+        truncated: bool = False,
+    ) -> None:
+        """Add one self-generated transition.
+
+        When ``state`` equals the state-only slot left by the previous non-terminal transition, that slot
+        becomes this transition (so each state is stored once); otherwise a new episode starts. A
+        non-terminal transition leaves ``next_state`` in a state-only slot for the next call to continue;
+        ``truncated`` (the episode stops here without terminating) means no call will continue it.
+        """
+        last = (self.agent_head - 1) % self.agent.capacity
+        continues = self.agent_pending and np.array_equal(self.agent.states[last], state)
+        if continues:
+            self.agent_head = last
+        self._write_agent(state, action, reward, done, mask)
+        self.agent_pending = False
+        if not done:
+            self._write_agent(next_state, None, 0.0, False, next_mask)
+            self.agent_pending = not truncated
+
+    # ------------------------------------------------------------------ sampling seam
+    def sample_indices(
+        self, batch_size: int, beta: float, demo_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``batch_size`` indices proportionally to p^α and their importance-sampling weights.
+
+        One prefix sum per stratum of equal mass ([PER] Appendix B.2.1). Weights are (N·P(i))^-β,
+        normalised by the largest weight in the batch ([PER] Sec. 3.4), where N is the number of
+        transitions the batch was drawn from.
+        """
+        demo_total = self.tree.prefix_total(self.demo.capacity) if self.demo_count else 0.0
+        total = demo_total if demo_only else self.tree.total
+        if total <= 0.0:
+            raise RuntimeError(
+                "the replay holds no transitions to sample" + (" from demonstrations" if demo_only else "")
+            )
+        prefix = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+        leaves = self.tree.find(prefix)
+        priorities = self.tree.get(leaves)
+        # A prefix within rounding distance of a boundary can end on a zero leaf, or past the
+        # demonstrations when only they may be drawn: draw those again, a little further inside.
+        bad = (priorities <= 0.0) | (demo_only & (leaves >= self.demo.capacity))
+        shrink = 1.0
+        while bad.any():
+            shrink *= 1.0 - 1e-9
+            leaves[bad] = self.tree.find(prefix[bad] * shrink)
+            priorities[bad] = self.tree.get(leaves[bad])
+            bad = (priorities <= 0.0) | (demo_only & (leaves >= self.demo.capacity))
+        population = self.demo_count + (0 if demo_only else self.agent_count)
+        weights = (population * priorities / total) ** (-beta)
+        weights /= weights.max()
+        is_agent = leaves >= self.demo.capacity
+        indices = np.where(is_agent, leaves - self.demo.capacity + DEMO_INDEX_LIMIT, leaves)
+        return indices, weights
+
+    def update_priority(self, indices: np.ndarray, abs_td: np.ndarray) -> None:
+        """Set p = |δ| + ε (ε by each transition's own part) for the given indices."""
+        abs_td = np.abs(np.asarray(abs_td, dtype=np.float64))
+        if abs_td.size:
+            self.max_abs_td = max(self.max_abs_td, float(abs_td.max()))
+        is_agent = indices >= DEMO_INDEX_LIMIT
+        bonus = np.where(is_agent, self.agent_bonus, self.demo_bonus)
+        self.tree.set(self._leaves(indices), (abs_td + bonus) ** self.alpha)
+
+    def priorities(self, indices: np.ndarray) -> np.ndarray:
+        """Current p (not p^α) of the given indices."""
+        values = self.tree.get(self._leaves(np.asarray(indices, dtype=np.int64)))
+        return values ** (1.0 / self.alpha) if self.alpha > 0 else values
+
+    def _leaves(self, indices: np.ndarray) -> np.ndarray:
+        """Tree leaves of replay indices."""
+        return np.where(indices >= DEMO_INDEX_LIMIT, indices - DEMO_INDEX_LIMIT + self.demo.capacity, indices)
+
+    def _agent_leaves(self, slots: np.ndarray) -> np.ndarray:
+        return slots + self.demo.capacity
+
+    # ------------------------------------------------------------------ batch assembly
+    def gather(
+        self,
+        indices: np.ndarray,
+        weights: np.ndarray,
+        n_step: int,
+        gamma: float,
+        transform_rewards: bool,
+        device: torch.device,
+    ) -> Batch:
+        """Build the tensors of a batch: s, a, r, s', n-step return and bootstrap state, masks, flags."""
+        is_agent = indices >= DEMO_INDEX_LIMIT
+        parts = []
+        if (~is_agent).all():
+            parts.append((self.demo, indices, False))
+        elif is_agent.all():
+            parts.append((self.agent, indices - DEMO_INDEX_LIMIT, True))
+        else:
+            # Demonstrations first, then agent samples; reorder indices and weights to match.
+            order = np.argsort(is_agent, kind="stable")
+            indices, weights, is_agent = indices[order], weights[order], is_agent[order]
+            split = int((~is_agent).sum())
+            parts.append((self.demo, indices[:split], False))
+            parts.append((self.agent, indices[split:] - DEMO_INDEX_LIMIT, True))
+        with_masks = self.has_masks
+        columns: dict[str, list[np.ndarray]] = {key: [] for key in Batch._fields if key not in ("weights",)}
+        for storage, slots, ring in parts:
+            one = one_step(slots, storage.rewards, storage.dones, gamma, ring, transform_rewards)
+            many = nstep_windows(
+                slots, storage.rewards, storage.dones, storage.is_transition, n_step, gamma, ring,
+                transform_rewards,
+            )  # fmt: skip
+            columns["states"].append(storage.states[slots])
+            columns["actions"].append(storage.actions[slots])
+            columns["rewards"].append(one.returns)
+            columns["next_states"].append(storage.states[one.bootstrap_slots])
+            columns["discounts"].append(one.discounts)
+            columns["nstep_returns"].append(many.returns)
+            columns["nstep_states"].append(storage.states[many.bootstrap_slots])
+            columns["nstep_discounts"].append(many.discounts)
+            columns["is_demo"].append(np.full(slots.shape[0], not ring))
+            if with_masks:
+                for key, where in (("masks", slots), ("next_masks", one.bootstrap_slots),
+                                   ("nstep_masks", many.bootstrap_slots)):  # fmt: skip
+                    if storage.masks is None:  # this part has no masks: every action is allowed
+                        columns[key].append(np.ones((where.shape[0], self.n_actions), dtype=bool))
+                    else:
+                        columns[key].append(storage.masks[where])
+
+        def tensor(key: str) -> torch.Tensor:
+            values = columns[key]
+            array = values[0] if len(values) == 1 else np.concatenate(values)
+            return torch.from_numpy(array).to(device)
+
+        def optional(key: str) -> torch.Tensor | None:
+            return tensor(key) if with_masks else None
+
+        return Batch(
+            states=tensor("states"),
+            actions=tensor("actions"),
+            masks=optional("masks"),
+            rewards=tensor("rewards"),
+            next_states=tensor("next_states"),
+            next_masks=optional("next_masks"),
+            discounts=tensor("discounts"),
+            nstep_returns=tensor("nstep_returns"),
+            nstep_states=tensor("nstep_states"),
+            nstep_masks=optional("nstep_masks"),
+            nstep_discounts=tensor("nstep_discounts"),
+            is_demo=tensor("is_demo"),
+            weights=torch.from_numpy(weights.astype(np.float32)).to(device),
+            indices=indices,
+        )

@@ -1,0 +1,203 @@
+"""The agent's update, phases, acting, validation and checkpoints."""
+
+import copy
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from agent import DQfDAgent, DQfDConfig, Episode, NumpyQNetwork
+from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, td_loss, td_targets
+
+
+def agent_with_demos(seed: int = 0, **overrides) -> DQfDAgent:
+    config = DQfDConfig(hidden_sizes=(16, 16), batch_size=8, **overrides)
+    agent = DQfDAgent(state_dim=3, n_actions=4, config=config, seed=seed)
+    rng = np.random.default_rng(seed)
+    states = rng.normal(size=(40, 3)).astype(np.float32)
+    episode_ids = np.repeat(np.arange(4), 10)
+    dones = np.zeros(40, dtype=bool)
+    dones[[9, 19, 29]] = True  # the fourth episode is cut short
+    agent.add_demonstrations(states, rng.integers(0, 4, 40), rng.normal(size=40), dones, episode_ids)
+    return agent
+
+
+def test_target_network_changes_exactly_every_tau_updates():
+    agent = agent_with_demos(target_update_period=5)
+    changed_at = []
+    previous = copy.deepcopy(agent.target.state_dict())
+    for update in range(1, 16):
+        agent.train_step()
+        current = agent.target.state_dict()
+        if any(not torch.equal(previous[k], current[k]) for k in current):
+            changed_at.append(update)
+            assert all(torch.equal(current[k], agent.online.state_dict()[k]) for k in current)
+        previous = copy.deepcopy(current)
+    assert changed_at == [5, 10, 15]
+    assert agent.n_target_syncs == 3
+
+
+def test_update_equals_backpropagating_the_full_loss_with_the_l2_term():
+    agent = agent_with_demos(lambda_l2=0.05, max_grad_norm=None)
+    twin = copy.deepcopy(agent)
+    batch = agent.sample()
+    info, _ = agent.learn(batch)
+
+    cfg = twin.config
+    q = twin.online(batch.states)
+    q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    with torch.no_grad():
+        b1 = double_dqn_bootstrap(twin.online(batch.next_states), twin.target(batch.next_states))
+        bn = double_dqn_bootstrap(twin.online(batch.nstep_states), twin.target(batch.nstep_states))
+    per_sample = (
+        td_loss(q_taken, td_targets(batch.rewards, batch.discounts, b1))
+        + cfg.lambda_n * td_loss(q_taken, td_targets(batch.nstep_returns, batch.nstep_discounts, bn))
+        + cfg.lambda_margin * margin_loss(q, batch.actions, cfg.margin, is_demo=batch.is_demo)
+    )
+    j_l2 = l2_loss(twin.online.parameters(), cfg.lambda_l2)
+    loss = (batch.weights * per_sample).mean() + j_l2
+    twin.optimizer.zero_grad()
+    loss.backward()
+    twin.optimizer.step()
+
+    assert info.loss == pytest.approx(loss.item(), rel=1e-5)
+    assert info.j_l2 == pytest.approx(j_l2.item(), rel=1e-5)
+    for a, b in zip(agent.online.parameters(), twin.online.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_reports_every_loss_component():
+    info = agent_with_demos().train_step()
+    assert set(info) == {"loss", "j_dq", "j_n", "j_e", "j_l2", "demo_fraction", "mean_q"}
+    assert all(np.isfinite(v) for v in info.values())
+
+
+def test_pretrain_needs_demonstrations_and_reports_progress():
+    empty = DQfDAgent(3, 4, DQfDConfig(hidden_sizes=(8,)))
+    with pytest.raises(RuntimeError, match="demonstrations"):
+        empty.pretrain(1)
+    agent = agent_with_demos()
+    calls = []
+    summary = agent.pretrain(30, callback=lambda step, losses: calls.append(step), log_every=10)
+    assert calls == [10, 20, 30]
+    assert [h["step"] for h in summary["history"]] == [10, 20, 30]
+    assert agent.n_updates == agent.n_pretrain_updates == 30
+    assert summary["steps"] == 30
+
+
+def test_acting_respects_the_mask_and_epsilon():
+    agent = agent_with_demos()
+    state = np.zeros(3, dtype=np.float32)
+    mask = np.array([False, False, True, False])
+    assert {agent.act(state, mask=mask, epsilon=1.0) for _ in range(50)} == {2}
+    q = agent.q_values(state, mask)
+    assert np.isneginf(q[0, [0, 1, 3]]).all()
+    greedy = int(np.argmax(agent.q_values(state)[0]))
+    assert all(agent.act(state, epsilon=0.0) == greedy for _ in range(20))
+    random_actions = {agent.act(state, epsilon=1.0) for _ in range(200)}
+    assert random_actions == {0, 1, 2, 3}
+
+
+def test_bootstrap_uses_the_mask_of_the_next_state():
+    agent = DQfDAgent(2, 3, DQfDConfig(hidden_sizes=(8,), n_step=1), seed=0)
+    masks = np.array([[True, True, True], [False, True, False]])
+    agent.add_demonstrations(np.eye(2), [0, 1], [0.0, 1.0], [False, True], masks=masks)
+    batch = agent.replay.gather(np.array([0]), np.ones(1), 1, 0.99, False, agent.device)
+    assert batch.next_masks.tolist() == [[False, True, False]]
+    assert batch.masks.tolist() == [[True, True, True]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"states": np.zeros((3, 2))}, "states must have shape"),
+        ({"actions": [0, 4, 1]}, "actions must be in"),
+        ({"rewards": [0.0, np.nan, 0.0]}, "rewards contain NaN"),
+        ({"episode_ids": [0, 1, 0]}, "contiguous"),
+        ({"dones": [True, False, False], "episode_ids": [0, 0, 0]}, "not the last row"),
+        ({"masks": np.array([[True] * 4, [False] * 4, [True] * 4])}, "at least one action"),
+        ({"masks": np.array([[False, True, True, True]] * 3)}, "not allowed by its own mask"),
+    ],
+)
+def test_bad_demonstrations_are_rejected_with_a_clear_message(kwargs, message):
+    agent = DQfDAgent(3, 4, DQfDConfig(hidden_sizes=(8,)))
+    data = {"states": np.zeros((3, 3)), "actions": [0, 0, 0], "rewards": [0.0] * 3, "dones": [False] * 3}
+    data.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        agent.add_demonstrations(**data)
+    assert agent.n_demonstrations == 0
+
+
+def test_episodes_with_a_final_state_keep_every_step_as_a_transition():
+    agent = DQfDAgent(2, 2, DQfDConfig(hidden_sizes=(8,)))
+    cut_short = Episode(np.zeros((3, 2)), [0, 1, 0], [1.0, 1.0, 1.0], terminated=False)
+    with_final = Episode(np.ones((3, 2)), [0, 1, 0], [1.0, 1.0, 1.0], False, final_state=np.ones(2))
+    terminated = Episode(np.ones((2, 2)), [1, 1], [0.0, 5.0], terminated=True)
+    assert agent.add_demonstration_episodes([cut_short, with_final, terminated]) == 2 + 3 + 2
+
+
+def test_checkpoint_round_trip_gives_identical_q_values_and_counters():
+    agent = agent_with_demos()
+    agent.pretrain(12)
+    buffer = io.BytesIO()
+    agent.save(buffer)
+    buffer.seek(0)
+    raw = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert raw["config"]["n_step"] == 10 and raw["state_dim"] == 3 and raw["n_actions"] == 4
+    restored = DQfDAgent.load(buffer)
+    states = np.random.default_rng(5).normal(size=(10, 3)).astype(np.float32)
+    np.testing.assert_array_equal(restored.q_values(states), agent.q_values(states))
+    assert restored.n_updates == 12 and restored.config == agent.config
+    numpy_net = NumpyQNetwork.from_checkpoint(io.BytesIO(buffer.getvalue()))
+    np.testing.assert_allclose(numpy_net.q_values(states), agent.q_values(states), rtol=1e-5, atol=1e-5)
+    # optimizer state came back too: one more identical update from both gives identical weights
+    restored.replay = copy.deepcopy(agent.replay)
+    restored.rng = copy.deepcopy(agent.rng)
+    restored.replay.rng = restored.rng
+    agent.replay.rng = agent.rng
+    agent.train_step()
+    restored.train_step()
+    np.testing.assert_allclose(restored.q_values(states), agent.q_values(states), rtol=1e-6, atol=1e-6)
+
+
+def test_same_seed_same_agent():
+    a, b = agent_with_demos(seed=3), agent_with_demos(seed=3)
+    a.pretrain(5)
+    b.pretrain(5)
+    states = np.ones((2, 3), dtype=np.float32)
+    np.testing.assert_array_equal(a.q_values(states), b.q_values(states))
+
+
+def test_importing_agent_imports_neither_fastapi_nor_sqlalchemy():
+    code = (
+        "import sys, agent; "
+        "print(any(m.split('.')[0] in ('fastapi', 'sqlalchemy', 'service') for m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_config_defaults_are_the_papers():
+    c = DQfDConfig()
+    assert (c.gamma, c.n_step, c.lambda_n, c.lambda_margin, c.lambda_l2, c.margin) == (
+        0.99,
+        10,
+        1.0,
+        1.0,
+        1e-5,
+        0.8,
+    )
+    assert (c.priority_alpha, c.priority_beta_start, c.demo_priority_bonus, c.agent_priority_bonus) == (
+        0.4,
+        0.6,
+        1.0,
+        0.001,
+    )
+    assert (c.target_update_period, c.pretrain_steps, c.epsilon) == (10_000, 750_000, 0.01)
+    with pytest.raises(ValueError, match="n_step"):
+        DQfDConfig(n_step=0)
+    with pytest.raises(TypeError, match="unknown"):
+        DQfDConfig.from_dict({"n_stpe": 3})

@@ -1,0 +1,86 @@
+"""Forward-view n-step windows over the slot layout, with hand-computed returns (γ = 0.99)."""
+
+import numpy as np
+import pytest
+
+from agent.nstep import nstep_windows, one_step
+
+GAMMA = 0.99
+
+
+def storage(rewards, dones, is_transition):
+    return (
+        np.asarray(rewards, dtype=np.float32),
+        np.asarray(dones, dtype=bool),
+        np.asarray(is_transition, dtype=bool),
+    )
+
+
+def test_terminal_after_three_steps_with_n_10_has_no_bootstrap():
+    rewards, dones, trans = storage([1, 1, 1], [False, False, True], [True, True, True])
+    w = nstep_windows(np.array([0]), rewards, dones, trans, 10, GAMMA, ring=False)
+    assert w.returns[0] == pytest.approx(2.9701, abs=1e-5)
+    assert w.discounts[0] == 0.0
+    assert w.steps[0] == 3
+
+
+def test_three_step_return_with_bootstrap_value_ten():
+    rewards, dones, trans = storage([1, 1, 1, 1, 1], [False] * 5, [True] * 5)
+    w = nstep_windows(np.array([0]), rewards, dones, trans, 3, GAMMA, ring=False)
+    target = w.returns[0] + w.discounts[0] * 10.0
+    assert target == pytest.approx(12.67309, abs=1e-4)
+    assert w.bootstrap_slots[0] == 3
+
+
+def test_terminal_after_four_steps():
+    rewards, dones, trans = storage([1, 1, 1, 1], [False, False, False, True], [True] * 4)
+    w = nstep_windows(np.array([0]), rewards, dones, trans, 10, GAMMA, ring=False)
+    assert w.returns[0] == pytest.approx(3.940399, abs=1e-5)
+    assert w.discounts[0] == 0.0
+
+
+def test_fewer_than_n_steps_left_without_terminal_bootstraps_with_gamma_to_the_k():
+    # three transitions, then the episode's last observation (a state-only slot): cut short, k = 3
+    rewards, dones, trans = storage([1, 1, 1, 0], [False] * 4, [True, True, True, False])
+    w = nstep_windows(np.array([0, 1]), rewards, dones, trans, 10, GAMMA, ring=False)
+    assert w.steps.tolist() == [3, 2]
+    assert w.discounts[0] == pytest.approx(GAMMA**3)
+    assert w.discounts[1] == pytest.approx(GAMMA**2)
+    assert w.bootstrap_slots.tolist() == [3, 3]
+    assert w.returns[1] == pytest.approx(1.99, abs=1e-6)
+
+
+@pytest.mark.parametrize("first_episode_terminates", [True, False])
+def test_a_window_never_includes_the_next_episode(first_episode_terminates):
+    if first_episode_terminates:
+        first = ([1, 1], [False, True], [True, True])
+    else:
+        first = ([1, 1, 0], [False, False, False], [True, True, False])
+    second = ([100, 100, 100], [False, False, True], [True, True, True])
+    rewards, dones, trans = storage(*(a + b for a, b in zip(first, second, strict=True)))
+    w = nstep_windows(np.array([0]), rewards, dones, trans, 10, GAMMA, ring=False)
+    assert w.returns[0] == pytest.approx(1.99, abs=1e-6)
+    assert w.steps[0] == 2
+
+
+def test_ring_windows_wrap_around_the_end_of_the_buffer():
+    # capacity 4: the episode occupies slots 2, 3, 0 (terminal) after wrapping
+    rewards, dones, trans = storage([1, 9, 1, 1], [True, False, False, False], [True, False, True, True])
+    w = nstep_windows(np.array([2]), rewards, dones, trans, 10, GAMMA, ring=True)
+    assert w.returns[0] == pytest.approx(2.9701, abs=1e-5)
+    assert w.discounts[0] == 0.0
+
+
+def test_one_step_matches_the_n_equal_one_window():
+    rewards, dones, trans = storage([1, 2, 3, 0], [False, False, True, False], [True, True, True, False])
+    starts = np.array([0, 1, 2])
+    a = one_step(starts, rewards, dones, GAMMA, ring=False)
+    b = nstep_windows(starts, rewards, dones, trans, 1, GAMMA, ring=False)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y)
+
+
+def test_reward_transform_is_sign_log1p_abs():
+    rewards, dones, trans = storage([-3.0, 10.0], [False, True], [True, True])
+    w = nstep_windows(np.array([0]), rewards, dones, trans, 2, GAMMA, ring=False, transform_rewards=True)
+    assert w.returns[0] == pytest.approx(-np.log(4.0) + GAMMA * np.log(11.0), abs=1e-5)
