@@ -1,0 +1,1 @@
+"""DQfD recommender service: logged interactions → pretrained agent → actions over HTTP → online learning."""

@@ -1,0 +1,68 @@
+"""The FastAPI application factory and its lifespan (catalogue, model, poller, trainer)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import routes_admin, routes_health, routes_serving
+from service.api.errors import install_error_handlers
+from service.api.limits import MaxBodySizeMiddleware
+from service.api.state import ServiceState
+from service.db import make_engine, make_session_factory
+from service.policy_store import PolicyStore
+from service.poller import ModelPoller
+from service.settings import Settings, get_settings
+from service.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def build_state(settings: Settings) -> ServiceState:
+    """Database handles, an empty policy store, the poller and (role ``all``) the trainer."""
+    engine = make_engine(settings.database_url, settings.db_pool_size)
+    sessions = make_session_factory(engine)
+    store = PolicyStore(settings.state_dim)
+    poller = ModelPoller(store, sessions, settings.model_poll_s)
+    trainer = Trainer(settings, engine, sessions, store) if settings.role == "all" else None
+    return ServiceState(settings, engine, sessions, store, poller, trainer)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API. The schema must already be migrated (``python -m service migrate``)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings)
+        app.state.service = state
+        try:
+            state.poller.refresh()  # first catalogue + active model before accepting requests
+        except Exception:
+            log.exception("initial model load failed; the poller keeps trying")
+        state.poller.start()
+        if state.trainer is not None:
+            state.trainer.start()
+        try:
+            yield
+        finally:
+            if state.trainer is not None:
+                state.trainer.stop()
+            state.poller.stop()
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="DQfD recommender",
+        version="0.1.0",
+        description="Greedy actions from a DQfD agent pretrained on logged interactions, with live feedback.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_serving.router)
+    app.include_router(routes_admin.router)
+    return app

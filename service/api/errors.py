@@ -1,0 +1,77 @@
+"""The one place where domain errors become HTTP status codes."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from service.errors import (
+    ConflictError,
+    InvalidInputError,
+    NoModelError,
+    NotFoundError,
+    ServiceError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    InvalidInputError: 422,
+    NotFoundError: 404,
+    ConflictError: 409,
+    NoModelError: 503,
+    UnavailableError: 503,
+}
+RETRY_AFTER_S = "5"
+
+
+def _body(exc: ServiceError) -> dict:
+    detail = {"msg": exc.message, "type": type(exc).__name__}
+    if exc.field is not None:
+        detail["loc"] = ["body", exc.field]
+        detail["field"] = exc.field
+    return {"detail": [detail]}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping of domain and database errors (never a 500 for a known cause)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The echoed input is left out: it may be huge or hold NaN, which JSON cannot carry.
+        errors = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ())]
+            field = ".".join(loc[1:]) if loc[:1] == ["body"] else ".".join(loc)
+            errors.append(
+                {"loc": loc, "field": field or "body", "msg": error.get("msg"), "type": error.get("type")}
+            )
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
+        headers = {"Retry-After": RETRY_AFTER_S} if code == 503 else None
+        return JSONResponse(_body(exc), status_code=code, headers=headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_away(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": [{"msg": "the database is unavailable; retry shortly", "type": "UnavailableError"}]},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return await database_away(_request, exc)
+        raise exc

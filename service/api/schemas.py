@@ -1,0 +1,127 @@
+"""Request and response bodies of the HTTP API (separate from the ORM models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+ItemId = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class ActRequest(BaseModel):
+    """Body of ``POST /act``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"state": [0.1, -0.3, 0.5, 0.0], "session_id": "user-42", "k": 3},
+                {"state": [0.1, -0.3, 0.5, 0.0], "candidates": ["item-1", "item-7"], "explore": False},
+            ]
+        },
+    )
+
+    state: list[FiniteFloat] = Field(description="state features, exactly the configured state_dim of them")
+    session_id: Annotated[str, Field(min_length=1, max_length=255)] | None = Field(
+        default=None, description="the episode; the next decision of a session gives the next state"
+    )
+    candidates: list[ItemId] | None = Field(default=None, min_length=1, description="choose only among these")
+    exclude: list[ItemId] | None = Field(default=None, description="never choose these")
+    k: int = Field(default=1, ge=1, description="ranking length")
+    explore: bool | None = Field(default=None, description="ε-greedy with the configured ε; false = greedy")
+
+
+class RankedItem(BaseModel):
+    """One ranking entry: an item and its Q-value."""
+
+    item_id: str
+    score: float
+
+
+class ActResponse(BaseModel):
+    """Response of ``POST /act``."""
+
+    event_id: str
+    item_id: str
+    ranking: list[RankedItem]
+    propensity: float = Field(description="probability of the chosen item under the serving policy")
+    model_version: int
+    policy_revision: int = Field(description="online updates the serving weights include")
+    explored: bool
+
+
+class FeedbackRequest(BaseModel):
+    """Body of ``POST /feedback``."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"event_id": "3f2c…", "reward": 1.0, "done": False}]}
+    )
+
+    event_id: Annotated[str, Field(min_length=1, max_length=64)]
+    reward: FiniteFloat
+    done: bool = False
+    feedback_id: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+        default=None, description="optional idempotency key (sum aggregation: distinct ids are summed)"
+    )
+
+
+class FeedbackResponse(BaseModel):
+    """Response of ``POST /feedback``: the feedback is committed."""
+
+    event_id: str
+    status: str = Field(description="stored, duplicate (already stored) or ignored (aggregation=first)")
+    reward: float = Field(description="the event's reward after aggregation")
+    done: bool
+
+
+class RetrainRequest(BaseModel):
+    """Body of ``POST /admin/retrain``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(
+        default=None, ge=0, le=10_000_000, description="pretrain steps (default: settings)"
+    )
+    activate: bool = Field(default=False, description="make the new version active when done")
+    replay_updates: int = Field(
+        default=0, ge=0, le=10_000_000, description="updates after replaying live data"
+    )
+
+
+class JobOut(BaseModel):
+    """A training job."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str
+    params: dict[str, Any]
+    progress: float
+    metrics: dict[str, Any] | None
+    error: str | None
+    model_version: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelOut(BaseModel):
+    """A model version (without its checkpoint bytes)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int
+    created_at: datetime
+    source: str
+    parent_version: int | None
+    job_id: int | None
+    n_updates: int
+    state_dim: int
+    n_actions: int
+    metrics: dict[str, Any]
+    is_active: bool
+    activated_at: datetime | None

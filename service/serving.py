@@ -1,0 +1,130 @@
+"""Choosing an action for a request (pure NumPy) and logging the decision."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from service.errors import InvalidInputError
+from service.features import encode_mask, encode_state
+from service.models import Decision, utcnow
+from service.policy_store import ServingPolicy
+
+_rng_local = threading.local()
+
+
+def _rng() -> np.random.Generator:
+    # numpy Generators are not thread-safe; the threadpool gets one per thread.
+    rng = getattr(_rng_local, "rng", None)
+    if rng is None:
+        rng = _rng_local.rng = np.random.default_rng()
+    return rng
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The outcome of one decision before it is stored."""
+
+    item_id: str
+    action_index: int
+    ranking: list[dict[str, float | str]]
+    propensity: float
+    explored: bool
+    mask: np.ndarray | None
+
+
+def allowed_mask(
+    policy: ServingPolicy, candidates: list[str] | None, exclude: list[str] | None
+) -> tuple[np.ndarray, bool]:
+    """Allowed actions (active ∩ candidates ∖ exclude) and whether the request narrowed them."""
+    catalogue = policy.catalogue
+    if candidates is not None:
+        mask = np.zeros(catalogue.n_actions, dtype=bool)
+        mask[catalogue.indices(candidates, "candidates", require_active=True)] = True
+    else:
+        mask = catalogue.active.copy()
+    if exclude:
+        mask[catalogue.indices(exclude, "exclude", require_active=False)] = False
+    if not mask.any():
+        raise InvalidInputError("no allowed item is left after the exclusions", field="exclude")
+    narrowed = candidates is not None or bool(exclude) or not catalogue.active.all()
+    return mask, narrowed
+
+
+def choose(
+    policy: ServingPolicy,
+    state: list[float],
+    state_dim: int,
+    candidates: list[str] | None,
+    exclude: list[str] | None,
+    k: int,
+    epsilon: float,
+) -> Choice:
+    """ε-greedy choice over the allowed items with the ranking of the top-k by Q-value."""
+    if len(state) != state_dim:
+        raise InvalidInputError(f"state must have {state_dim} values, got {len(state)}", field="state")
+    vector = np.asarray(state, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise InvalidInputError("state must contain only finite numbers", field="state")
+    if k > policy.catalogue.n_actions:
+        raise InvalidInputError(
+            f"k must be at most the catalogue size {policy.catalogue.n_actions}", field="k"
+        )
+    mask, narrowed = allowed_mask(policy, candidates, exclude)
+    q = policy.q_values(vector[None, :], mask[None, :])[0]
+    n_allowed = int(mask.sum())
+    allowed = np.flatnonzero(mask)
+    top = min(k, n_allowed)
+    # argpartition then sort: O(n) for the long catalogues, ties broken by action index.
+    allowed_q = q[allowed]
+    order = np.argsort(-allowed_q, kind="stable")[:top] if top >= len(allowed) else None
+    if order is None:
+        part = np.argpartition(-allowed_q, top - 1)[:top]
+        order = part[np.argsort(-allowed_q[part], kind="stable")]
+    ranked = allowed[order]
+    greedy = int(ranked[0])
+    rng = _rng()
+    explored = epsilon > 0 and rng.random() < epsilon
+    action = int(allowed[rng.integers(n_allowed)]) if explored else greedy
+    propensity = epsilon / n_allowed + (1.0 - epsilon if action == greedy else 0.0)
+    item_ids = policy.catalogue.item_ids
+    ranking = [{"item_id": item_ids[i], "score": float(q[i])} for i in ranked]
+    return Choice(
+        item_ids[action], action, ranking, float(propensity), bool(explored), mask if narrowed else None
+    )
+
+
+def store_decision(
+    session: Session, policy: ServingPolicy, state: list[float], session_id: str | None, choice: Choice
+) -> str:
+    """Persist the decision (committed before the response is sent); returns its event id."""
+    step = 0
+    if session_id is not None:
+        last = session.scalar(select(func.max(Decision.step)).where(Decision.session_id == session_id))
+        step = 0 if last is None else last + 1
+    event_id = uuid.uuid4().hex
+    session.execute(
+        insert(Decision).values(
+            event_id=event_id,
+            session_id=session_id,
+            step=step,
+            state=encode_state(state),
+            allowed_mask=encode_mask(choice.mask),
+            ranking=choice.ranking,
+            item_id=choice.item_id,
+            action_index=choice.action_index,
+            propensity=choice.propensity,
+            explored=choice.explored,
+            model_version=policy.model_version,
+            policy_revision=policy.revision,
+            created_at=utcnow(),
+            transition_built=False,
+        )
+    )
+    session.commit()
+    return event_id

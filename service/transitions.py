@@ -1,0 +1,125 @@
+"""Builds live transitions (s, a, r, s', done) from decisions and their feedback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.features import decode_mask, decode_state
+from service.feedback import as_utc
+from service.models import Decision, Feedback, LiveTransition, utcnow
+
+# Feedback racing the window's end must not be lost: default rewards wait this much longer.
+WINDOW_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A live transition ready for ``agent.observe``."""
+
+    state: np.ndarray
+    action: int
+    reward: float
+    next_state: np.ndarray
+    done: bool
+    truncated: bool
+    mask: np.ndarray | None
+    next_mask: np.ndarray | None
+
+
+def to_transition(row: LiveTransition, n_actions: int) -> Transition:
+    """The agent-facing form of a stored live transition."""
+    state = decode_state(row.state)
+    # No next decision came within the window (``truncated`` in the table): the user left, which is
+    # the end of the episode for the agent, so it is passed as terminal and nothing is bootstrapped
+    # from the placeholder next state.
+    next_state = decode_state(row.next_state) if row.next_state is not None else state
+    return Transition(
+        state,
+        row.action_index,
+        row.reward,
+        next_state,
+        row.done or row.truncated,
+        row.truncated,
+        decode_mask(row.mask, n_actions),
+        decode_mask(row.next_mask, n_actions),
+    )
+
+
+def build_ready_transitions(
+    session: Session,
+    *,
+    reward_window_s: float,
+    default_reward: float,
+    aggregation: str,
+    limit: int = 1000,
+    now: datetime | None = None,
+) -> list[LiveTransition]:
+    """Turn every decision whose reward and next state are known into a stored live transition.
+
+    The reward is the feedback (summed under ``sum``), or ``default_reward`` once the window closed
+    without feedback. Under ``sum`` the reward is final only when the window has closed. The next
+    state is the state of the session's next decision; a decision without a session, or with
+    ``done`` feedback, is terminal; a session with no next decision within the window is truncated.
+    """
+    now = now or utcnow()
+    closed_before = now - timedelta(seconds=reward_window_s + WINDOW_GRACE_S)
+    pending = list(
+        session.scalars(
+            select(Decision)
+            .where(Decision.transition_built.is_(False))
+            .order_by(Decision.created_at)
+            .limit(limit)
+        )
+    )
+    if not pending:
+        return []
+    feedback: dict[str, list[Feedback]] = {}
+    for fb in session.scalars(select(Feedback).where(Feedback.event_id.in_([d.event_id for d in pending]))):
+        feedback.setdefault(fb.event_id, []).append(fb)
+    built: list[LiveTransition] = []
+    for decision in pending:
+        rows = feedback.get(decision.event_id, [])
+        window_closed = as_utc(decision.created_at) <= closed_before
+        if not window_closed and (not rows or aggregation == "sum"):
+            continue
+        reward = float(sum(r.reward for r in rows)) if rows else default_reward
+        done = any(r.done for r in rows) or decision.session_id is None
+        next_state = next_mask = None
+        truncated = False
+        if not done:
+            successor = session.scalar(
+                select(Decision)
+                # by time, not step: two replicas may number parallel decisions of a session alike
+                .where(Decision.session_id == decision.session_id, Decision.created_at > decision.created_at)
+                .order_by(Decision.created_at)
+                .limit(1)
+            )
+            if successor is not None:
+                next_state, next_mask = successor.state, successor.allowed_mask
+            elif window_closed:
+                truncated = True
+            else:
+                continue
+        row = LiveTransition(
+            event_id=decision.event_id,
+            state=decision.state,
+            action_index=decision.action_index,
+            reward=reward,
+            next_state=next_state,
+            done=done,
+            truncated=truncated,
+            mask=decision.allowed_mask,
+            next_mask=next_mask,
+            default_reward_used=not rows,
+            created_at=now,
+        )
+        decision.transition_built = True
+        session.add(row)
+        built.append(row)
+    session.commit()
+    return built
