@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     demo_chunk_rows: int = Field(default=10_000, ge=1)
 
     # Serving.
-    epsilon: float = Field(default=0.05, ge=0.0, le=1.0)
+    # ε-greedy serving, the paper's online ε = 0.01 (Hester et al. 2018, Sec. 4) unless configured.
+    epsilon: float = Field(default=0.01, ge=0.0, le=1.0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     model_poll_s: float = Field(default=2.0, gt=0)
 
