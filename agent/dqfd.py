@@ -23,7 +23,7 @@ import torch
 from agent.config import DQfDConfig
 from agent.demonstrations import Episode, layout_arrays, layout_episodes
 from agent.inference import NumpyQNetwork
-from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, masked, td_loss, td_targets
+from agent.losses import double_dqn_bootstrap, margin_loss, masked, td_loss, td_targets
 from agent.networks import DuelingQNetwork
 from agent.replay import PrioritizedReplay
 from agent.types import Batch, LossInfo
@@ -63,9 +63,8 @@ class DQfDAgent:
         self.online.to(self.device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self.optimizer = _adam(
-            list(self.online.parameters()), self.config.learning_rate, self.config.adam_eps
-        )
+        self._parameters = list(self.online.parameters())
+        self.optimizer = _adam(self._parameters, self.config.learning_rate, self.config.adam_eps)
         self.replay = PrioritizedReplay(
             self.state_dim,
             self.n_actions,
@@ -209,28 +208,38 @@ class DQfDAgent:
         # J_L2 = λ3·Σθ² is part of the loss: its gradient 2·λ3·θ is added to every parameter's gradient
         # before clipping and Adam, exactly what backpropagating the term would give, at a fraction of the
         # cost (no autograd graph over all weights). This is coupled L2, not decoupled weight decay.
-        parameters = list(self.online.parameters())
         with torch.no_grad():
-            j_l2 = l2_loss(parameters, cfg.lambda_l2)
-            for parameter in parameters:
-                parameter.grad.add_(parameter, alpha=2.0 * cfg.lambda_l2)
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
+            j_l2 = cfg.lambda_l2 * _sum_of_squares(self._parameters)
+            grads = [p.grad for p in self._parameters]
+            torch._foreach_add_(grads, self._parameters, alpha=2.0 * cfg.lambda_l2)
+            if cfg.max_grad_norm is not None:
+                _clip_grad_norm(grads, cfg.max_grad_norm)
         self.optimizer.step()
         self.n_updates += 1
         if self.n_updates % cfg.target_update_period == 0:
             self.sync_target()
 
         abs_td = (target_1 - q_taken.detach()).abs()
-        n_demo = int(batch.is_demo.sum())
+        # One conversion to Python for all the reported scalars.
+        loss, mean_dq, mean_n, sum_e, l2, n_demo, mean_q = torch.stack(
+            [
+                data_loss.detach() + j_l2,
+                j_dq.detach().mean(),
+                j_n.detach().mean(),
+                j_e.detach().sum(),
+                j_l2,
+                batch.is_demo.sum().to(j_l2.dtype),
+                q_taken.detach().mean(),
+            ]
+        ).tolist()
         info = LossInfo(
-            loss=float(data_loss.detach() + j_l2),
-            j_dq=float(j_dq.detach().mean()),
-            j_n=float(j_n.detach().mean()),
-            j_e=float(j_e.detach().sum()) / max(1, n_demo),
-            j_l2=float(j_l2.detach()),
+            loss=loss,
+            j_dq=mean_dq,
+            j_n=mean_n,
+            j_e=sum_e / max(1.0, n_demo),
+            j_l2=l2,
             demo_fraction=n_demo / batch.states.shape[0],
-            mean_q=float(q_taken.detach().mean()),
+            mean_q=mean_q,
         )
         return info, abs_td.cpu().numpy()
 
@@ -405,3 +414,15 @@ def _adam(parameters: list[torch.nn.Parameter], learning_rate: float, eps: float
         return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(parameters, lr=learning_rate, eps=eps)
+
+
+def _sum_of_squares(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Σθ² over several tensors in a few fused calls (:func:`agent.losses.l2_loss` divided by λ3)."""
+    return torch.stack(torch._foreach_norm(tensors)).square().sum()
+
+
+def _clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scale gradients so that their global L2 norm is at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` does, in fewer calls."""
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))

@@ -30,14 +30,12 @@ class NumpyQNetwork:
         )
         # Stored transposed so that a forward pass is x @ W + b with no per-call transpose.
         self.layers = tuple((array(f"trunk.{i}.weight").T.copy(), array(f"trunk.{i}.bias")) for i in trunk)
-        self.value_w = array("value.weight").T.copy()
-        self.value_b = array("value.bias")
-        self.advantage_w = array("advantage.weight").T.copy()
-        self.advantage_b = array("advantage.bias")
-        for w, _ in self.layers:
+        self.head_w = array("head.weight").T.copy()  # column 0: value stream, columns 1..: advantages
+        self.head_b = array("head.bias")
+        for w in (*(w for w, _ in self.layers), self.head_w):
             w.setflags(write=False)
-        self.state_dim = int(self.layers[0][0].shape[0]) if self.layers else int(self.value_w.shape[0])
-        self.n_actions = int(self.advantage_b.shape[0])
+        self.state_dim = int(self.layers[0][0].shape[0]) if self.layers else int(self.head_w.shape[0])
+        self.n_actions = int(self.head_b.shape[0]) - 1
 
     @classmethod
     def from_checkpoint(cls, source: str | BinaryIO | Any) -> NumpyQNetwork:
@@ -54,10 +52,11 @@ class NumpyQNetwork:
             h = h @ w
             h += b
             np.maximum(h, 0.0, out=h)
-        advantage = h @ self.advantage_w
-        advantage += self.advantage_b
+        out = h @ self.head_w
+        out += self.head_b
+        advantage = out[:, 1:]
         q = advantage - advantage.mean(axis=1, keepdims=True)
-        q += h @ self.value_w + self.value_b
+        q += out[:, :1]
         if masks is not None:
             q = np.where(np.asarray(masks, dtype=bool), q, np.float32(-np.inf))
         return q

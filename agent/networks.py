@@ -3,6 +3,8 @@
 A shared MLP trunk (ReLU), then a value stream V(s) and an advantage stream A(s, a), combined as
 Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a'). The paper's network is the convolutional Atari one; with
 feature-vector states the trunk is an MLP and each stream is one linear layer (docs/algorithm.md).
+The two linear streams are stored as one ``head`` layer whose first output is V and the rest A: the
+same function and parameters as two separate layers, with one matrix product instead of two.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ class DuelingQNetwork(nn.Module):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         self.trunk = nn.Sequential(*layers)
-        self.value = nn.Linear(width, 1)
-        self.advantage = nn.Linear(width, n_actions)
+        self.head = nn.Linear(width, 1 + n_actions)
+        """Row 0: the value stream V(s); rows 1..n_actions: the advantage stream A(s, ·)."""
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Q-values, shape (B, n_actions)."""
-        features = self.trunk(states)
-        advantage = self.advantage(features)
-        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+        out = self.head(self.trunk(states))
+        value, advantage = out[:, :1], out[:, 1:]
+        return value + advantage - advantage.mean(dim=1, keepdim=True)

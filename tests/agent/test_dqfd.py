@@ -40,8 +40,9 @@ def test_target_network_changes_exactly_every_tau_updates():
     assert agent.n_target_syncs == 3
 
 
-def test_update_equals_backpropagating_the_full_loss_with_the_l2_term():
-    agent = agent_with_demos(lambda_l2=0.05, max_grad_norm=None)
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
+def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(max_grad_norm):
+    agent = agent_with_demos(lambda_l2=0.05, max_grad_norm=max_grad_norm)
     twin = copy.deepcopy(agent)
     batch = agent.sample()
     info, _ = agent.learn(batch)
@@ -61,6 +62,9 @@ def test_update_equals_backpropagating_the_full_loss_with_the_l2_term():
     loss = (batch.weights * per_sample).mean() + j_l2
     twin.optimizer.zero_grad()
     loss.backward()
+    if max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(twin.online.parameters(), max_grad_norm)
+        assert norm > max_grad_norm  # the clipping is active in this case
     twin.optimizer.step()
 
     assert info.loss == pytest.approx(loss.item(), rel=1e-5)

@@ -82,5 +82,5 @@ def test_l2_term_is_lambda3_times_sum_of_squares_of_weights_and_biases():
     net = DuelingQNetwork(3, 2, (4,))
     by_hand = sum(float((tensor.double() ** 2).sum()) for tensor in net.state_dict().values())
     names = {name for name, _ in net.named_parameters()}
-    assert {"trunk.0.bias", "value.bias", "advantage.bias"} <= names
+    assert {"trunk.0.bias", "head.bias"} <= names
     assert l2_loss(net.parameters(), 1e-5).item() == pytest.approx(1e-5 * by_hand, rel=1e-5)
