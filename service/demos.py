@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,24 +35,19 @@ def count_demonstrations(engine: Engine) -> int:
         return int(conn.scalar(select(func.count()).select_from(LoggedInteraction)) or 0)
 
 
-def load_demonstrations(
-    engine: Engine, catalogue: Catalogue, state_dim: int, chunk_rows: int = 50_000
-) -> Demonstrations:
-    """All logged interactions, streamed in chunks straight into preallocated arrays.
+def _has_allowed_items(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        found = conn.scalar(
+            select(LoggedInteraction.id).where(LoggedInteraction.allowed_items.is_not(None)).limit(1)
+        )
+    return found is not None
 
-    Memory stays near the raw array bytes: states arrive as float32 blobs and are copied once into
-    the (N, state_dim) array. ``masks`` is built only when some row carries ``allowed_items``.
-    """
-    n = count_demonstrations(engine)
-    states = np.empty((n, state_dim), dtype=np.float32)
-    actions = np.empty(n, dtype=np.int64)
-    rewards = np.empty(n, dtype=np.float32)
-    dones = np.empty(n, dtype=bool)
-    episode_ids = np.empty(n, dtype=np.int64)
-    masks: np.ndarray | None = None
+
+def _fetch(
+    engine: Engine, catalogue: Catalogue, state_dim: int, chunk_rows: int, with_masks: bool
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Chunks of (states, actions, rewards, dones, new-session flags, masks or None) in episode order."""
     index = catalogue.index
-    row = 0
-    episode = -1
     last_session: object = None
     # The driver's own cursor: SQLAlchemy's per-row result processing cost several times the fetch
     # itself. On PostgreSQL a named (server-side) cursor streams the rows in chunks.
@@ -66,38 +62,71 @@ def load_demonstrations(
             "SELECT session_id, state, item_id, reward, done, allowed_items FROM logged_interactions"
             " ORDER BY session_id, step"
         )
-        while row < n:
-            chunk = cursor.fetchmany(min(chunk_rows, n - row))
+        while True:
+            chunk = cursor.fetchmany(chunk_rows)
             if not chunk:
                 break
             m = len(chunk)
             session_ids, blobs, item_ids, reward_values, done_values, allowed = zip(*chunk, strict=True)
-            states[row : row + m] = decode_states([bytes(b) for b in blobs], state_dim)
-            actions[row : row + m] = [index[item] for item in item_ids]
-            rewards[row : row + m] = reward_values
-            dones[row : row + m] = done_values
+            del chunk
+            states = decode_states(blobs, state_dim)  # bytes (or memoryviews) joined once
+            del blobs
+            actions = np.array([index[item] for item in item_ids], dtype=np.int64)
+            rewards = np.array(reward_values, dtype=np.float32)
+            dones = np.array(done_values, dtype=bool)
             # Rows arrive sorted by session: a new episode starts wherever the session id changes.
             sessions = np.array(session_ids, dtype=object)
             starts = np.empty(m, dtype=bool)
             starts[0] = sessions[0] != last_session
             starts[1:] = sessions[1:] != sessions[:-1]
-            episode_ids[row : row + m] = episode + np.cumsum(starts)
-            episode += int(starts.sum())
             last_session = sessions[-1]
-            for offset, items in enumerate(allowed):
-                if isinstance(items, str | bytes):  # SQLite hands JSON back as text
-                    items = json.loads(items)
-                if items is None:  # SQL NULL or JSON null: every item allowed
-                    continue
-                if masks is None:
-                    masks = np.ones((n, catalogue.n_actions), dtype=bool)
-                masks[row + offset] = False
-                masks[row + offset, [index[item] for item in items]] = True
-            row += m
+            masks = np.ones((m, catalogue.n_actions), dtype=bool) if with_masks else None
+            if masks is not None:
+                for offset, items in enumerate(allowed):
+                    if isinstance(items, str | bytes):  # SQLite hands JSON back as text
+                        items = json.loads(items)
+                    if items is None:  # SQL NULL or JSON null: every item allowed
+                        continue
+                    masks[offset] = False
+                    masks[offset, [index[item] for item in items]] = True
+            yield states, actions, rewards, dones, starts, masks
         cursor.close()
         raw.commit()
     finally:
         raw.close()
+
+
+def load_demonstrations(
+    engine: Engine, catalogue: Catalogue, state_dim: int, chunk_rows: int = 50_000
+) -> Demonstrations:
+    """All logged interactions, streamed in chunks straight into preallocated arrays.
+
+    Memory stays near the raw array bytes: states arrive as float32 blobs and are copied once into
+    the (N, state_dim) array. ``masks`` is built only when some row carries ``allowed_items``.
+    """
+    n = count_demonstrations(engine)
+    with_masks = n > 0 and _has_allowed_items(engine)
+    states = np.empty((n, state_dim), dtype=np.float32)
+    actions = np.empty(n, dtype=np.int64)
+    rewards = np.empty(n, dtype=np.float32)
+    dones = np.empty(n, dtype=bool)
+    episode_ids = np.empty(n, dtype=np.int64)
+    masks = np.ones((n, catalogue.n_actions), dtype=bool) if with_masks else None
+    row = 0
+    episode = -1
+    for s, a, r, d, starts, m in _fetch(engine, catalogue, state_dim, chunk_rows, with_masks):
+        k = min(len(a), n - row)  # rows inserted after the count are left for the next load
+        if k <= 0:
+            break
+        states[row : row + k] = s[:k]
+        actions[row : row + k] = a[:k]
+        rewards[row : row + k] = r[:k]
+        dones[row : row + k] = d[:k]
+        episode_ids[row : row + k] = episode + np.cumsum(starts[:k])
+        episode += int(starts[:k].sum())
+        if masks is not None and m is not None:
+            masks[row : row + k] = m[:k]
+        row += k
     return Demonstrations(
         states[:row],
         actions[:row],
@@ -106,3 +135,36 @@ def load_demonstrations(
         episode_ids[:row],
         masks[:row] if masks is not None else None,
     )
+
+
+def iter_demonstrations(
+    engine: Engine, catalogue: Catalogue, state_dim: int, chunk_rows: int = 50_000
+) -> Iterator[Demonstrations]:
+    """The logged interactions as a stream of chunks of whole episodes (about ``chunk_rows`` rows each).
+
+    For filling a replay chunk by chunk: peak memory is the replay plus one chunk, not a second full
+    copy of every array. Episode ids are local to each chunk.
+    """
+    with_masks = _has_allowed_items(engine)
+    pending: list[tuple[np.ndarray, ...]] = []
+
+    def emit(parts: list[tuple[np.ndarray, ...]]) -> Demonstrations:
+        s, a, r, d, starts, m = (
+            (np.concatenate(column) if column[0] is not None else None) for column in zip(*parts, strict=True)
+        )
+        starts = starts.copy()
+        starts[0] = True
+        return Demonstrations(s, a, r, d, np.cumsum(starts) - 1, m)
+
+    for part in _fetch(engine, catalogue, state_dim, chunk_rows, with_masks):
+        starts = part[4]
+        boundaries = np.flatnonzero(starts)
+        cut = int(boundaries[-1]) if len(boundaries) else 0  # the last episode may go on in the next chunk
+        if cut > 0:
+            pending.append(tuple(None if x is None else x[:cut] for x in part))
+            yield emit(pending)
+            pending = [tuple(None if x is None else x[cut:] for x in part)]
+        else:
+            pending.append(part)
+    if pending:
+        yield emit(pending)

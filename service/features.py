@@ -19,7 +19,7 @@ def decode_state(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=FEATURE_DTYPE).astype(np.float32)
 
 
-def decode_states(blobs: Sequence[bytes], state_dim: int) -> np.ndarray:
+def decode_states(blobs: Sequence[bytes | memoryview], state_dim: int) -> np.ndarray:
     """A (N, state_dim) float32 array from N state blobs, in one copy."""
     if not blobs:
         return np.zeros((0, state_dim), dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, insert, select
@@ -99,10 +100,35 @@ def choose(
     )
 
 
+def decision_row(
+    policy: ServingPolicy, state: list[float], session_id: str | None, choice: Choice
+) -> dict[str, Any]:
+    """The ``decisions`` row of one choice, with a new event id (``step`` is set when it is written)."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "session_id": session_id,
+        "step": 0,
+        "state": encode_state(state),
+        "allowed_mask": encode_mask(choice.mask),
+        "ranking": choice.ranking,
+        "item_id": choice.item_id,
+        "action_index": choice.action_index,
+        "propensity": choice.propensity,
+        "explored": choice.explored,
+        "model_version": policy.model_version,
+        "policy_revision": policy.revision,
+        "created_at": utcnow(),
+        "transition_built": False,
+    }
+
+
 def store_decision(
     session: Session, policy: ServingPolicy, state: list[float], session_id: str | None, choice: Choice
 ) -> str:
-    """Persist the decision (committed before the response is sent); returns its event id."""
+    """Persist the decision in ``session`` and commit; returns its event id.
+
+    The API writes through :class:`service.decision_log.DecisionWriter` (group commit) instead.
+    """
     step = 0
     if session_id is not None:
         last = session.scalar(select(func.max(Decision.step)).where(Decision.session_id == session_id))

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from service import agents, jobs, registry
 from service.catalogue import Catalogue, load_catalogue
 from service.db import session_scope
-from service.demos import count_demonstrations, load_demonstrations
+from service.demos import count_demonstrations, iter_demonstrations
 from service.models import LiveTransition, TrainingJob, utcnow
 from service.policy_store import PolicyStore
 from service.settings import Settings
@@ -119,14 +119,20 @@ class Trainer:
             return job.id
 
     def _fill_buffers(self, agent: Any, catalogue: Catalogue) -> None:
-        demos = load_demonstrations(
+        # Streamed chunk by chunk into a replay reserved once: peak memory is the replay plus one chunk.
+        n = count_demonstrations(self.engine)
+        replay = getattr(agent, "replay", None)
+        if n and hasattr(replay, "reserve_demonstrations"):
+            replay.reserve_demonstrations(n)
+        loaded = 0
+        for demos in iter_demonstrations(
             self.engine, catalogue, self.settings.state_dim, self.settings.demo_chunk_rows
-        )
-        if len(demos):
+        ):
             agent.add_demonstrations(
                 demos.states, demos.actions, demos.rewards, demos.dones, demos.episode_ids, demos.masks
             )
-        self.demo_size = len(demos)
+            loaded += len(demos)
+        self.demo_size = loaded
         self.live_size = self._replay_live(agent, catalogue)
 
     def _replay_live(self, agent: Any, catalogue: Catalogue) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from service.api.errors import install_error_handlers
 from service.api.limits import MaxBodySizeMiddleware
 from service.api.state import ServiceState
 from service.db import make_engine, make_session_factory
+from service.decision_log import DecisionWriter
 from service.policy_store import PolicyStore
 from service.poller import ModelPoller
 from service.settings import Settings, get_settings
@@ -22,13 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def build_state(settings: Settings) -> ServiceState:
-    """Database handles, an empty policy store, the poller and (role ``all``) the trainer."""
+    """Database handles, an empty policy store, the poller, the decision writer and (role ``all``) the
+    trainer."""
     engine = make_engine(settings.database_url, settings.db_pool_size)
     sessions = make_session_factory(engine)
     store = PolicyStore(settings.state_dim)
     poller = ModelPoller(store, sessions, settings.model_poll_s)
     trainer = Trainer(settings, engine, sessions, store) if settings.role == "all" else None
-    return ServiceState(settings, engine, sessions, store, poller, trainer)
+    return ServiceState(settings, engine, sessions, store, poller, trainer, DecisionWriter(engine))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:
             log.exception("initial model load failed; the poller keeps trying")
         state.poller.start()
+        state.decisions.start()
+        # The start-up heap (torch, SQLAlchemy, the model) is long-lived: keep it out of the garbage
+        # collector's full passes, which otherwise stall every request for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         if state.trainer is not None:
             state.trainer.start()
         try:
@@ -51,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if state.trainer is not None:
                 state.trainer.stop()
+            state.decisions.stop()  # commits what is queued (each waiting request gets its answer)
+            gc.unfreeze()
             state.poller.stop()
             state.engine.dispose()
 

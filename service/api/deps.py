@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from service.api.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
-    """The process state created by the lifespan."""
+async def get_state(request: Request) -> ServiceState:
+    """The process state created by the lifespan (async: no threadpool hop for an attribute read)."""
     return request.app.state.service
 
 

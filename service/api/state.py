@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.decision_log import DecisionWriter
 from service.policy_store import PolicyStore
 from service.poller import ModelPoller
 from service.settings import Settings
@@ -23,3 +24,4 @@ class ServiceState:
     store: PolicyStore
     poller: ModelPoller
     trainer: Trainer | None
+    decisions: DecisionWriter
