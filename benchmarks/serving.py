@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.scratch import scratch_postgres_database  # noqa: E402
 from service.api.schemas import ActRequest  # noqa: E402  (the bare endpoint parses the same schema)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,19 +107,8 @@ def scratch_database(url: str | None, work: Path) -> Iterator[str]:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         yield f"sqlite:///{path}"
         return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_serving_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(url, "bench_serving") as scratch:
+        yield scratch
 
 
 def service_env(database_url: str, pretrain_steps: int) -> dict[str, str]:
