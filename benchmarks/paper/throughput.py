@@ -55,7 +55,7 @@ def ours(updates: int = UPDATES, rounds: int = ROUNDS) -> list[float]:
 
 def compare(peer_names: list[str], log=print, rounds: int = ROUNDS, updates: int = UPDATES) -> dict[str, Any]:
     """Alternate ours and each available peer ``rounds`` times; medians and ratios."""
-    from .peers import peer_python, peer_script
+    from .peers import WORK, peer_python, peer_script
 
     rates: dict[str, list[float]] = {"ours": []}
     errors: dict[str, str] = {}
@@ -67,11 +67,13 @@ def compare(peer_names: list[str], log=print, rounds: int = ROUNDS, updates: int
                 errors[name] = "virtual environment missing (see docs/paper_reproduction.md)"
                 continue
             job = {"mode": "throughput", "fill": FILL, "updates": updates, "repeats": 1}
+            WORK.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run(
                 [str(python), str(peer_script(name)), json.dumps(job)],
                 capture_output=True,
                 text=True,
                 timeout=900,
+                cwd=WORK,  # DI-engine writes its logs to the current directory
             )
             if proc.returncode != 0:
                 errors[name] = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
