@@ -129,28 +129,10 @@ def store_decision(
 
     The API writes through :class:`service.decision_log.DecisionWriter` (group commit) instead.
     """
-    step = 0
+    row = decision_row(policy, state, session_id, choice)
     if session_id is not None:
         last = session.scalar(select(func.max(Decision.step)).where(Decision.session_id == session_id))
-        step = 0 if last is None else last + 1
-    event_id = uuid.uuid4().hex
-    session.execute(
-        insert(Decision).values(
-            event_id=event_id,
-            session_id=session_id,
-            step=step,
-            state=encode_state(state),
-            allowed_mask=encode_mask(choice.mask),
-            ranking=choice.ranking,
-            item_id=choice.item_id,
-            action_index=choice.action_index,
-            propensity=choice.propensity,
-            explored=choice.explored,
-            model_version=policy.model_version,
-            policy_revision=policy.revision,
-            created_at=utcnow(),
-            transition_built=False,
-        )
-    )
+        row["step"] = 0 if last is None else last + 1
+    session.execute(insert(Decision).values(**row))
     session.commit()
-    return event_id
+    return row["event_id"]
