@@ -15,6 +15,7 @@ from service.api.limits import MaxBodySizeMiddleware
 from service.api.state import ServiceState
 from service.db import make_engine, make_session_factory
 from service.decision_log import DecisionWriter
+from service.feedback_log import FeedbackWriter
 from service.policy_store import PolicyStore
 from service.poller import ModelPoller
 from service.settings import Settings, get_settings
@@ -24,14 +25,23 @@ log = logging.getLogger(__name__)
 
 
 def build_state(settings: Settings) -> ServiceState:
-    """Database handles, an empty policy store, the poller, the decision writer and (role ``all``) the
-    trainer."""
+    """Database handles, an empty policy store, the poller, the decision and feedback writers and (role
+    ``all``) the trainer."""
     engine = make_engine(settings.database_url, settings.db_pool_size)
     sessions = make_session_factory(engine)
     store = PolicyStore(settings.state_dim)
     poller = ModelPoller(store, sessions, settings.model_poll_s)
     trainer = Trainer(settings, engine, sessions, store) if settings.role == "all" else None
-    return ServiceState(settings, engine, sessions, store, poller, trainer, DecisionWriter(engine))
+    return ServiceState(
+        settings,
+        engine,
+        sessions,
+        store,
+        poller,
+        trainer,
+        decisions=DecisionWriter(engine),
+        feedback=FeedbackWriter(engine, settings.aggregation, settings.reward_window_s),
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.exception("initial model load failed; the poller keeps trying")
         state.poller.start()
         state.decisions.start()
+        state.feedback.start()
         # The start-up heap (torch, SQLAlchemy, the model) is long-lived: keep it out of the garbage
         # collector's full passes, which otherwise stall every request for tens of milliseconds.
         gc.collect()
@@ -59,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if state.trainer is not None:
                 state.trainer.stop()
-            state.decisions.stop()  # commits what is queued (each waiting request gets its answer)
+            # Each commits what is queued (every waiting request gets its answer).
+            state.feedback.stop()
+            state.decisions.stop()
             gc.unfreeze()
             state.poller.stop()
             state.engine.dispose()

@@ -1,6 +1,6 @@
 """``POST /act`` and ``POST /feedback``. Neither blocks the event loop: /act computes its choice (a NumPy
-forward of microseconds) on the loop and awaits the group-commit writer; /feedback runs its database
-work in the threadpool (one hop, one session)."""
+forward of microseconds) on the loop and awaits the decisions' group-commit writer; /feedback awaits the
+feedback's group-commit writer, which judges and stores it with the posts queued beside it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import StateDep
 from service.api.schemas import ActRequest, ActResponse, FeedbackRequest, FeedbackResponse
-from service.feedback import FeedbackResult, record_feedback
+from service.feedback_log import FeedbackPost
 from service.serving import choose, decision_row
 
 router = APIRouter(tags=["serving"])
@@ -53,20 +53,8 @@ async def act(body: ActRequest, state: StateDep) -> Response:
 @router.post("/feedback", response_model=FeedbackResponse, status_code=status.HTTP_200_OK, responses=ERRORS)
 async def feedback(body: FeedbackRequest, state: StateDep) -> FeedbackResponse:
     """Record the reward of a served decision; a 2xx means it is committed to the database."""
-
-    def record() -> FeedbackResult:
-        with state.sessions() as session:
-            return record_feedback(
-                session,
-                body.event_id,
-                body.reward,
-                body.done,
-                aggregation=state.settings.aggregation,
-                reward_window_s=state.settings.reward_window_s,
-                feedback_id=body.feedback_id,
-            )
-
-    result = await run_in_threadpool(record)
+    # Returns after the batch holding this post committed; its 404/409 is raised here.
+    result = await state.feedback.write(FeedbackPost(body.event_id, body.reward, body.done, body.feedback_id))
     return FeedbackResponse(
         event_id=result.event_id, status=result.status, reward=result.reward, done=result.done
     )

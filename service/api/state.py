@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.decision_log import DecisionWriter
+from service.feedback_log import FeedbackWriter
 from service.policy_store import PolicyStore
 from service.poller import ModelPoller
 from service.settings import Settings
@@ -25,3 +26,4 @@ class ServiceState:
     poller: ModelPoller
     trainer: Trainer | None
     decisions: DecisionWriter
+    feedback: FeedbackWriter

@@ -1,8 +1,10 @@
-"""The fast paths: the group-commit decision writer behind /act and the streamed demonstration load."""
+"""The fast paths: the group-commit writers behind /act and /feedback, and the streamed demonstration
+load."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ from service.catalogue import load_catalogue
 from service.db import make_engine, make_session_factory
 from service.decision_log import DecisionWriter
 from service.demos import iter_demonstrations, load_demonstrations
-from service.models import Decision
+from service.models import Decision, Feedback
 from service.settings import Settings
 from tests.service.conftest import STATE_DIM, LiveServer, seed_database
 
@@ -61,6 +63,42 @@ def test_concurrent_act_calls_are_all_committed_with_session_steps(trained: Sett
         steps[session].append(stored[event][1])
     for session_steps in steps.values():
         assert sorted(session_steps) == list(range(len(session_steps)))
+
+
+def test_concurrent_feedback_is_judged_as_if_sequential(trained: Settings) -> None:
+    """160 /feedback posts (40 events × 4, identical and conflicting rewards, shuffled) from 16 parallel
+    clients through the feedback writer: per event exactly one post is stored, every post of the stored
+    value is 200 (``stored`` or ``duplicate``), every other one 409, and the database agrees."""
+    with (
+        LiveServer(trained.model_copy(update={"role": "api"})) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        events = [http.post("/act", json={"state": STATE}).json()["event_id"] for _ in range(40)]
+        posts = [(event, reward) for event in events for reward in (1.0, 1.0, 0.0, 1.0)]
+        random.Random(1).shuffle(posts)
+
+        def send(post: tuple[str, float]) -> tuple[str, float, int, str | None]:
+            response = http.post("/feedback", json={"event_id": post[0], "reward": post[1]})
+            status = response.json().get("status") if response.status_code == 200 else None
+            return post[0], post[1], response.status_code, status
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(send, posts))
+        writer = server.app.state.service.feedback
+        batches, rows = writer.batches, writer.rows
+    engine = make_engine(trained.database_url)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(Feedback.event_id, Feedback.reward)).all())
+    engine.dispose()
+    assert len(stored) == 40 and rows == 160 and batches <= 160
+    for event in events:
+        answers = [(reward, code, status) for e, reward, code, status in results if e == event]
+        assert [status for _, _, status in answers].count("stored") == 1
+        assert next(reward for reward, _, status in answers if status == "stored") == stored[event]
+        for reward, code, status in answers:
+            assert (code, status in {"stored", "duplicate"}) == (
+                (200, True) if reward == stored[event] else (409, False)
+            )
 
 
 def test_a_failed_batch_is_503_and_nothing_acknowledged_is_lost(
