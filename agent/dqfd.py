@@ -23,7 +23,15 @@ import torch
 from agent.config import DQfDConfig
 from agent.demonstrations import Episode, layout_arrays, layout_episodes
 from agent.inference import NumpyQNetwork
-from agent.losses import double_dqn_bootstrap, margin_loss, masked, td_loss, td_targets
+from agent.losses import (
+    double_dqn_bootstrap,
+    margin_loss_and_argmax,
+    masked,
+    q_gradient,
+    td_loss,
+    td_loss_derivative,
+    td_targets,
+)
 from agent.networks import DuelingQNetwork
 from agent.replay import PrioritizedReplay
 from agent.types import Batch, LossInfo
@@ -178,37 +186,49 @@ class DQfDAgent:
         """One gradient step on J(Q) for a batch; returns the loss components and |δ| of the 1-step TD.
 
         J(Q) = J_DQ + λ1·J_n + λ2·J_E + λ3·J_L2 ([DQfD] Eq. 3), the TD and margin terms weighted per
-        sample by the importance-sampling weights of prioritized replay.
+        sample by the importance-sampling weights of prioritized replay. The gradient is the one autograd
+        would give (tests/agent/test_dqfd.py checks it), written out: dJ/dQ per sample, then
+        :meth:`DuelingQNetwork.backward_q` (see agent/networks.py for why).
         """
         cfg = self.config
-        q = self.online(batch.states)
-        q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-
-        # Double-DQN targets for the 1-step and the n-step return, in one pass over both bootstrap states.
+        size = batch.states.shape[0]
         with torch.no_grad():
+            # One pass of the online network over s, s_{t+1} and s_{t+n}: Q(s, ·) for the loss, and the
+            # online argmax of double DQN at both bootstrap states ([DDQN] Eq. 4), evaluated by the target.
             bootstrap_states = torch.cat([batch.next_states, batch.nstep_states])
             bootstrap_masks = (
                 None if batch.next_masks is None else torch.cat([batch.next_masks, batch.nstep_masks])
             )
-            bootstrap = double_dqn_bootstrap(
-                self.online(bootstrap_states), self.target(bootstrap_states), bootstrap_masks
+            q_all, activations = self.online.forward_keeping_activations(
+                torch.cat([batch.states, bootstrap_states])
             )
-            bootstrap_1, bootstrap_n = bootstrap.split(batch.states.shape[0])
+            q = q_all[:size]
+            bootstrap = double_dqn_bootstrap(q_all[size:], self.target(bootstrap_states), bootstrap_masks)
+            bootstrap_1, bootstrap_n = bootstrap.split(size)
             target_1 = td_targets(batch.rewards, batch.discounts, bootstrap_1)
             target_n = td_targets(batch.nstep_returns, batch.nstep_discounts, bootstrap_n)
 
-        j_dq = td_loss(q_taken, target_1, cfg.td_loss)
-        j_n = td_loss(q_taken, target_n, cfg.td_loss)
-        j_e = margin_loss(q, batch.actions, cfg.margin, batch.masks, batch.is_demo)
-        per_sample = j_dq + cfg.lambda_n * j_n + cfg.lambda_margin * j_e
-        data_loss = (batch.weights * per_sample).mean()
+            q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+            j_dq = td_loss(q_taken, target_1, cfg.td_loss)
+            j_n = td_loss(q_taken, target_n, cfg.td_loss)
+            j_e, margin_argmax = margin_loss_and_argmax(
+                q, batch.actions, cfg.margin, batch.masks, batch.is_demo
+            )
+            per_sample = j_dq + cfg.lambda_n * j_n + cfg.lambda_margin * j_e
+            data_loss = (batch.weights * per_sample).mean()
 
-        self.optimizer.zero_grad(set_to_none=True)
-        data_loss.backward()
-        # J_L2 = λ3·Σθ² is part of the loss: its gradient 2·λ3·θ is added to every parameter's gradient
-        # before clipping and Adam, exactly what backpropagating the term would give, at a fraction of the
-        # cost (no autograd graph over all weights). This is coupled L2, not decoupled weight decay.
-        with torch.no_grad():
+            # dJ/dQ of data_loss = mean_i w_i·(J_DQ,i + λ1·J_n,i + λ2·J_E,i), then back through the network.
+            scale = batch.weights / size
+            td_coefficient = scale * (
+                td_loss_derivative(q_taken - target_1, cfg.td_loss)
+                + cfg.lambda_n * td_loss_derivative(q_taken - target_n, cfg.td_loss)
+            )
+            margin_coefficient = torch.where(batch.is_demo, scale * cfg.lambda_margin, 0.0)
+            grad_q = q_gradient(q, batch.actions, margin_argmax, td_coefficient, margin_coefficient)
+            self.online.backward_q(activations, grad_q)
+
+            # J_L2 = λ3·Σθ² is part of the loss: its gradient 2·λ3·θ is added to every parameter's
+            # gradient before clipping and Adam. This is coupled L2, not decoupled weight decay.
             j_l2 = cfg.lambda_l2 * _sum_of_squares(self._parameters)
             grads = [p.grad for p in self._parameters]
             torch._foreach_add_(grads, self._parameters, alpha=2.0 * cfg.lambda_l2)
@@ -219,17 +239,17 @@ class DQfDAgent:
         if self.n_updates % cfg.target_update_period == 0:
             self.sync_target()
 
-        abs_td = (target_1 - q_taken.detach()).abs()
+        abs_td = (target_1 - q_taken).abs()
         # One conversion to Python for all the reported scalars.
         loss, mean_dq, mean_n, sum_e, l2, n_demo, mean_q = torch.stack(
             [
-                data_loss.detach() + j_l2,
-                j_dq.detach().mean(),
-                j_n.detach().mean(),
-                j_e.detach().sum(),
+                data_loss + j_l2,
+                j_dq.mean(),
+                j_n.mean(),
+                j_e.sum(),
                 j_l2,
                 batch.is_demo.sum().to(j_l2.dtype),
-                q_taken.detach().mean(),
+                q_taken.mean(),
             ]
         ).tolist()
         info = LossInfo(

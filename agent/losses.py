@@ -71,13 +71,63 @@ def margin_loss(
 
     Example from the tests: Q = [2, 1, 0] with a_E = 1 gives 2.8 − 1 = 1.8.
     """
+    return margin_loss_and_argmax(q, expert_actions, margin, mask, is_demo)[0]
+
+
+def margin_loss_and_argmax(
+    q: torch.Tensor,
+    expert_actions: torch.Tensor,
+    margin: float = 0.8,
+    mask: torch.Tensor | None = None,
+    is_demo: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`margin_loss` and, per sample, the action a* that attains max_a [Q(s,a) + l(a_E,a)].
+
+    J_E's gradient with respect to Q(s, ·) is +1 at a* and −1 at a_E (0 when a* = a_E): see
+    :func:`q_gradient`. a* is the index ``max`` returns, the one autograd would route the gradient to.
+    """
     expert = expert_actions.long().unsqueeze(1)
-    margins = torch.full_like(q, float(margin)).scatter(1, expert, 0.0)
-    augmented = masked(q + margins, mask)
-    loss = augmented.max(dim=1).values - q.gather(1, expert).squeeze(1)
+    margins = torch.full_like(q, float(margin)).scatter_(1, expert, 0.0)
+    best_value, best_action = masked(q + margins, mask).max(dim=1)
+    loss = best_value - q.gather(1, expert).squeeze(1)
     if is_demo is not None:
         loss = torch.where(is_demo, loss, torch.zeros_like(loss))
-    return loss
+    return loss, best_action
+
+
+def td_loss_derivative(errors: torch.Tensor, kind: str = "huber") -> torch.Tensor:
+    """d td_loss / dQ(s, a) per sample, for TD errors δ = Q(s, a) − y: clip(δ, −1, 1) for Huber with
+    δ = 1, δ itself for half the squared error (the derivatives of :func:`td_loss`)."""
+    if kind == "huber":
+        return errors.clamp(-1.0, 1.0)
+    if kind == "squared":
+        return errors
+    raise ValueError(f"unknown TD loss {kind!r}")
+
+
+def q_gradient(
+    q: torch.Tensor,
+    actions: torch.Tensor,
+    margin_argmax: torch.Tensor,
+    td_coefficient: torch.Tensor,
+    margin_coefficient: torch.Tensor,
+) -> torch.Tensor:
+    """dJ/dQ(s, ·), shape (B, A), for J = Σ_i [c_i · (TD losses of Q(s_i, a_i)) + m_i · J_E,i].
+
+    Args:
+        q: Q(s, ·), for its shape and dtype.
+        actions: a_i (the expert's action for demonstrations), int64 (B,).
+        margin_argmax: a*_i from :func:`margin_loss_and_argmax`.
+        td_coefficient: c_i = Σ_k (weight of TD loss k) · dℓ_k/dQ(s_i, a_i), (B,).
+        margin_coefficient: m_i = weight of J_E for sample i (0 for non-demonstrations), (B,).
+
+    Returns:
+        c_i − m_i at a_i, plus m_i at a*_i, 0 elsewhere.
+    """
+    grad = torch.zeros_like(q)
+    grad.scatter_add_(1, actions.long().unsqueeze(1), (td_coefficient - margin_coefficient).unsqueeze(1))
+    grad.scatter_add_(1, margin_argmax.unsqueeze(1), margin_coefficient.unsqueeze(1))
+    return grad
 
 
 def l2_loss(parameters: Iterable[torch.nn.Parameter], coefficient: float) -> torch.Tensor:

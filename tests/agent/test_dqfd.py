@@ -11,6 +11,7 @@ import torch
 
 from agent import DQfDAgent, DQfDConfig, Episode, NumpyQNetwork
 from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, td_loss, td_targets
+from agent.networks import DuelingQNetwork
 
 
 def agent_with_demos(seed: int = 0, **overrides) -> DQfDAgent:
@@ -40,23 +41,57 @@ def test_target_network_changes_exactly_every_tau_updates():
     assert agent.n_target_syncs == 3
 
 
-@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
-def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(max_grad_norm):
-    agent = agent_with_demos(lambda_l2=0.05, max_grad_norm=max_grad_norm)
+def agent_with_masked_demos(seed: int = 0, **overrides) -> DQfDAgent:
+    """Like :func:`agent_with_demos`, with allowed-action masks that often exclude the action that would
+    otherwise win J_E's max, and online data mixed in (so the batch has non-demonstration samples)."""
+    agent = agent_with_demos(seed, **overrides)
+    agent.clear_demonstrations()
+    rng = np.random.default_rng(seed + 1)
+    states = rng.normal(size=(40, 3)).astype(np.float32)
+    actions = rng.integers(0, 4, 40)
+    masks = rng.random((40, 4)) < 0.5
+    masks[np.arange(40), actions] = True
+    dones = np.zeros(40, dtype=bool)
+    dones[[9, 19, 29, 39]] = True
+    agent.add_demonstrations(states, actions, rng.normal(size=40), dones, np.repeat(np.arange(4), 10), masks)
+    for _ in range(30):
+        mask = rng.random(4) < 0.5
+        mask[0] = True
+        agent.observe(rng.normal(size=3), 0, float(rng.normal()), rng.normal(size=3), False, mask, mask)
+    return agent
+
+
+@pytest.mark.parametrize(
+    ("make_agent", "td_kind", "max_grad_norm"),
+    [
+        (agent_with_demos, "huber", None),
+        (agent_with_demos, "huber", 0.05),
+        (agent_with_masked_demos, "huber", None),
+        (agent_with_masked_demos, "squared", 0.05),
+    ],
+)
+def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(make_agent, td_kind, max_grad_norm):
+    # The update writes dJ/dθ out by hand (no autograd graph); here autograd on J itself is the reference.
+    agent = make_agent(lambda_l2=0.05, max_grad_norm=max_grad_norm, td_loss=td_kind)
     twin = copy.deepcopy(agent)
     batch = agent.sample()
-    info, _ = agent.learn(batch)
+    info, abs_td = agent.learn(batch)
 
     cfg = twin.config
     q = twin.online(batch.states)
     q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     with torch.no_grad():
-        b1 = double_dqn_bootstrap(twin.online(batch.next_states), twin.target(batch.next_states))
-        bn = double_dqn_bootstrap(twin.online(batch.nstep_states), twin.target(batch.nstep_states))
+        b1 = double_dqn_bootstrap(
+            twin.online(batch.next_states), twin.target(batch.next_states), batch.next_masks
+        )
+        bn = double_dqn_bootstrap(
+            twin.online(batch.nstep_states), twin.target(batch.nstep_states), batch.nstep_masks
+        )
+    target_1 = td_targets(batch.rewards, batch.discounts, b1)
     per_sample = (
-        td_loss(q_taken, td_targets(batch.rewards, batch.discounts, b1))
-        + cfg.lambda_n * td_loss(q_taken, td_targets(batch.nstep_returns, batch.nstep_discounts, bn))
-        + cfg.lambda_margin * margin_loss(q, batch.actions, cfg.margin, is_demo=batch.is_demo)
+        td_loss(q_taken, target_1, td_kind)
+        + cfg.lambda_n * td_loss(q_taken, td_targets(batch.nstep_returns, batch.nstep_discounts, bn), td_kind)
+        + cfg.lambda_margin * margin_loss(q, batch.actions, cfg.margin, batch.masks, batch.is_demo)
     )
     j_l2 = l2_loss(twin.online.parameters(), cfg.lambda_l2)
     loss = (batch.weights * per_sample).mean() + j_l2
@@ -67,10 +102,30 @@ def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(max_grad_n
         assert norm > max_grad_norm  # the clipping is active in this case
     twin.optimizer.step()
 
+    if make_agent is agent_with_masked_demos:  # the case is what it claims to be
+        assert batch.masks is not None and not bool(batch.masks.all())
+        assert 0 < int(batch.is_demo.sum()) < len(batch.is_demo)
     assert info.loss == pytest.approx(loss.item(), rel=1e-5)
     assert info.j_l2 == pytest.approx(j_l2.item(), rel=1e-5)
+    np.testing.assert_allclose(abs_td, (target_1 - q_taken).abs().detach().numpy(), rtol=1e-6)
     for a, b in zip(agent.online.parameters(), twin.online.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_q_gives_autograds_parameter_gradients():
+    net = DuelingQNetwork(5, 4, (16, 8))
+    states = torch.randn(6, 5)
+    extra = torch.randn(3, 5)  # bootstrap rows: in the forward pass, never in the gradient
+    grad_q = torch.randn(6, 4)
+    with torch.no_grad():
+        q_all, inputs = net.forward_keeping_activations(torch.cat([states, extra]))
+    torch.testing.assert_close(q_all[:6], net(states).detach(), rtol=0, atol=0)
+    net.backward_q(inputs, grad_q)
+    manual = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    (net(states) * grad_q).sum().backward()
+    for mine, autograd in zip(manual, [p.grad for p in net.parameters()], strict=True):
+        torch.testing.assert_close(mine, autograd, rtol=1e-5, atol=1e-7)
 
 
 def test_train_step_reports_every_loss_component():

@@ -44,3 +44,22 @@ def test_find_never_returns_a_zero_leaf_for_prefixes_inside_the_total():
     tree.set_all(np.array([0.0, 1.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0]))
     leaves = tree.find(np.linspace(0.0, 2.999999, 50))
     assert set(leaves.tolist()) == {1, 4}
+
+
+def test_a_deep_tree_agrees_with_cumulative_sums():
+    # 40,000 leaves in a tree of 65,536 (16 levels), so a quarter of it is zero padding.
+    rng = np.random.default_rng(2)
+    values = rng.random(40_000) * (rng.random(40_000) < 0.7)  # 30% zero leaves
+    tree = SumTree(40_000)
+    assert tree.depth == 16
+    tree.set_all(values)
+    changed = rng.choice(40_000, 500, replace=False)
+    values[changed] = rng.random(500)
+    for start in range(0, 500, 50):  # delta updates through every level
+        tree.set(changed[start : start + 50], values[changed[start : start + 50]])
+    cumulative = np.cumsum(values)
+    assert tree.total == pytest.approx(cumulative[-1], rel=1e-12)
+    prefix = rng.random(2_000) * cumulative[-1]
+    np.testing.assert_array_equal(tree.find(prefix), np.searchsorted(cumulative, prefix, side="right"))
+    for end in (1, 31, 32, 33, 1_024, 1_025, 12_345, 39_999):
+        assert tree.prefix_total(end) == pytest.approx(cumulative[end - 1], rel=1e-12)
