@@ -12,6 +12,10 @@ from service.models import TrainingJob, utcnow
 
 ACTIVE_STATUSES = ("queued", "running")
 
+# The error of a job cut short by its trainer stopping: written when a job is stopped mid-way and when a
+# trainer starts and finds jobs left ``running`` by a process that died, so both read the same.
+INTERRUPTED_ERROR = "interrupted: the trainer process stopped"
+
 
 def enqueue_job(session: Session, kind: str, params: dict[str, Any]) -> TrainingJob:
     """A new queued job (committed by the caller)."""
@@ -58,12 +62,21 @@ def claim_next_job(session: Session) -> TrainingJob | None:
     return session.get(TrainingJob, candidate) if claimed else None
 
 
+def fail_job(session: Session, job_id: int, error: str) -> None:
+    """Record that a job failed with ``error`` (committed by the caller)."""
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id)
+        .values(status="failed", error=error, finished_at=utcnow())
+    )
+
+
 def fail_interrupted_jobs(session: Session) -> int:
     """Jobs left ``running`` by a process that died are marked failed (called when a trainer starts)."""
     count = session.execute(
         update(TrainingJob)
         .where(TrainingJob.status == "running")
-        .values(status="failed", error="interrupted: the trainer process stopped", finished_at=utcnow())
+        .values(status="failed", error=INTERRUPTED_ERROR, finished_at=utcnow())
     ).rowcount
     session.commit()
     return count

@@ -62,6 +62,15 @@ def test_retrain_then_rollback(trained: Settings) -> None:
         assert stats["serving"]["model_version"] == 1
         per_version = {v["model_version"]: v for v in stats["database"]["per_model_version"]}
         assert per_version[2]["decisions"] >= 1
+        # The job ran on the trainer's job thread; once it is done the trainer reports no job running.
+        trainer = wait_for(
+            lambda: (
+                (t := client.get("/admin/stats", headers=admin_headers()).json()["trainer"])["job_running"]
+                is False
+                and t
+            )
+        )
+        assert trainer["job_id"] is None and trainer["running"] and trainer["last_job_error"] is None
 
 
 def test_stats_reward_rate_per_version(trained: Settings) -> None:
