@@ -23,10 +23,10 @@ Settings:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -41,43 +41,48 @@ from ding.utils import deep_merge_dicts  # noqa: E402
 from ding.worker.replay_buffer import AdvancedReplayBuffer  # noqa: E402
 from easydict import EasyDict  # noqa: E402
 
+if __package__:  # imported from the project (benchmarks.paper.peer_ding)
+    from .peer_common import Job, evaluate, serve, updates_per_second
+else:  # run as a script in its own environment: this folder is sys.path[0]
+    from peer_common import Job, evaluate, serve, updates_per_second
+
 SETTINGS = {
-    "default": dict(
-        nstep=3,
-        gamma=0.97,
-        batch=64,
-        lr=1e-3,
-        lambda1=1.0,
-        lambda2=3.0,
-        lambda3=0.0,
-        target=100,
-        pretrain=10,
-        pho=0.5,
-        n_sample=8,
-        updates_per_collect=3,
-        hidden=[128, 128, 64],
-        alpha=0.6,
-        beta=0.4,
-        eps="exp",
-    ),
-    "ours": dict(
-        nstep=10,
-        gamma=0.99,
-        batch=32,
-        lr=1e-4,
-        lambda1=1.0,
-        lambda2=1.0,
-        lambda3=1e-5,
-        target=500,
-        pretrain=None,
-        pho=None,
-        n_sample=1,
-        updates_per_collect=1,
-        hidden=[256, 256],
-        alpha=0.4,
-        beta=0.6,
-        eps=0.01,
-    ),
+    "default": {
+        "nstep": 3,
+        "gamma": 0.97,
+        "batch": 64,
+        "lr": 1e-3,
+        "lambda1": 1.0,
+        "lambda2": 3.0,
+        "lambda3": 0.0,
+        "target": 100,
+        "pretrain": 10,
+        "pho": 0.5,
+        "n_sample": 8,
+        "updates_per_collect": 3,
+        "hidden": [128, 128, 64],
+        "alpha": 0.6,
+        "beta": 0.4,
+        "eps": "exp",
+    },
+    "ours": {
+        "nstep": 10,
+        "gamma": 0.99,
+        "batch": 32,
+        "lr": 1e-4,
+        "lambda1": 1.0,
+        "lambda2": 1.0,
+        "lambda3": 1e-5,
+        "target": 500,
+        "pretrain": None,
+        "pho": None,
+        "n_sample": 1,
+        "updates_per_collect": 1,
+        "hidden": [256, 256],
+        "alpha": 0.4,
+        "beta": 0.6,
+        "eps": 0.01,
+    },
 }
 
 
@@ -180,27 +185,13 @@ def greedy(policy: DQFDPolicy, obs) -> int:
     return int(out[0]["action"])
 
 
-def evaluate(policy: DQFDPolicy, env_id: str, episodes: int, seed: int) -> list[float]:
-    env = gym.make(env_id)
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(greedy(policy, obs))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return returns
-
-
 def epsilon(s: dict, step: int) -> float:
     if s["eps"] == "exp":  # DI-engine's 'exp' decay: end + (start - end) * exp(-step / decay)
         return 0.1 + (0.95 - 0.1) * float(np.exp(-step / 10_000))
     return float(s["eps"])
 
 
-def run(job: dict) -> dict:
+def run(job: Job) -> Job:
     s = dict(SETTINGS[job["setting"]])
     if s["pretrain"] is None:
         s["pretrain"] = job["pretrain_updates"]
@@ -221,7 +212,8 @@ def run(job: dict) -> dict:
         learn(policy, batch, [(expert_buffer, len(batch))])
         updates += 1
     pretrain_seconds = time.perf_counter() - started
-    start_eval = evaluate(policy, env_id, job["eval_episodes"], job["eval_seed"])
+    act = partial(greedy, policy)
+    start_eval = evaluate(act, env_id, job["eval_episodes"], job["eval_seed"])
 
     rng = np.random.default_rng(seed)
     episodes, trajectory, total = [], [], 0.0
@@ -229,7 +221,7 @@ def run(job: dict) -> dict:
     started = time.perf_counter()
     for step in range(1, job["env_steps"] + 1):
         explore = rng.random() < epsilon(s, step)
-        action = int(rng.integers(n_actions)) if explore else greedy(policy, obs)
+        action = int(rng.integers(n_actions)) if explore else act(obs)
         nxt, reward, terminated, truncated, _ = env.step(action)
         trajectory.append(transition(obs, action, reward, nxt, terminated))
         total += float(reward)
@@ -262,7 +254,7 @@ def run(job: dict) -> dict:
     online_seconds = time.perf_counter() - started
     return {
         "start_eval": start_eval,
-        "final_eval": evaluate(policy, env_id, job["eval_episodes"], job["eval_seed"]),
+        "final_eval": evaluate(act, env_id, job["eval_episodes"], job["eval_seed"]),
         "episodes": episodes,
         "updates": updates,
         "pretrain_seconds": pretrain_seconds,
@@ -271,7 +263,7 @@ def run(job: dict) -> dict:
     }
 
 
-def throughput(job: dict) -> dict:
+def throughput(job: Job) -> Job:
     """Updates per second of its learn step on CartPole data, 'ours' setting (batch 32, 2x256)."""
     s = dict(SETTINGS["ours"])
     policy = make_policy(s, 4, 2, 0)
@@ -290,24 +282,14 @@ def throughput(job: dict) -> dict:
             buffer.push(samples(policy, trajectory, 0), cur_collector_envstep=0)
             trajectory = []
             obs, _ = env.reset()
-    for i in range(100):
-        learn(policy, buffer.sample(32, i), [(buffer, 32)])
-    rates = []
-    for _ in range(job.get("repeats", 1)):
-        started = time.perf_counter()
-        for i in range(job["updates"]):
+
+    def train(n: int) -> None:
+        for i in range(n):
             learn(policy, buffer.sample(32, i), [(buffer, 32)])
-        rates.append(job["updates"] / (time.perf_counter() - started))
-    return {"updates_per_second": rates}
 
-
-def main() -> None:
-    job = json.loads(sys.argv[1])
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for paper.demonstrators
-    torch.set_num_threads(1)
-    result = throughput(job) if job["mode"] == "throughput" else run(job)
-    print(json.dumps(result))
+    return updates_per_second(job, train)
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for paper.demonstrators
+    serve(run, throughput)

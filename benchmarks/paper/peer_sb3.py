@@ -14,16 +14,19 @@ from 1 to 0.01 over the first 10% of the run (its default schedule, with our fin
 
 from __future__ import annotations
 
-import json
-import sys
 import time
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
-import torch
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
+
+if __package__:  # imported from the project (benchmarks.paper.peer_sb3)
+    from .peer_common import Job, evaluate, serve, updates_per_second
+else:  # run as a script in its own environment: this folder is sys.path[0]
+    from peer_common import Job, evaluate, serve, updates_per_second
 
 
 class Episodes(BaseCallback):
@@ -36,21 +39,6 @@ class Episodes(BaseCallback):
             if "episode" in info:
                 self.episodes.append((int(self.num_timesteps), float(info["episode"]["r"])))
         return True
-
-
-def evaluate(model: DQN, env_id: str, episodes: int, seed: int) -> list[float]:
-    env = gym.make(env_id)
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(int(action))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return returns
 
 
 def make(env_id: str, seed: int, learning_starts: int, total: int) -> DQN:
@@ -76,42 +64,36 @@ def make(env_id: str, seed: int, learning_starts: int, total: int) -> DQN:
     )
 
 
-def main() -> None:
-    job = json.loads(sys.argv[1])
-    torch.set_num_threads(1)
-    if job["mode"] == "throughput":
-        model = make("CartPole-v1", 0, learning_starts=10**9, total=job["fill"])
-        model.learn(total_timesteps=job["fill"])
-        model.train(gradient_steps=100, batch_size=32)  # warm-up
-        rates = []
-        for _ in range(job.get("repeats", 1)):
-            started = time.perf_counter()
-            model.train(gradient_steps=job["updates"], batch_size=32)
-            rates.append(job["updates"] / (time.perf_counter() - started))
-        print(json.dumps({"updates_per_second": rates}))
-        return
+def greedy(model: DQN, obs: np.ndarray) -> int:
+    action, _ = model.predict(obs, deterministic=True)
+    return int(action)
+
+
+def throughput(job: Job) -> Job:
+    model = make("CartPole-v1", 0, learning_starts=10**9, total=job["fill"])
+    model.learn(total_timesteps=job["fill"])
+    return updates_per_second(job, lambda n: model.train(gradient_steps=n, batch_size=32))
+
+
+def learn(job: Job) -> Job:
     env_id, seed, steps = job["env_id"], job["seed"], job["env_steps"]
     model = make(env_id, seed, learning_starts=32, total=steps)
-    start_eval = evaluate(model, env_id, job["eval_episodes"], job["eval_seed"])
+    act = partial(greedy, model)
+    start_eval = evaluate(act, env_id, job["eval_episodes"], job["eval_seed"])
     callback = Episodes()
     started = time.perf_counter()
     model.learn(total_timesteps=steps, callback=callback)
     seconds = time.perf_counter() - started
-    final_eval = evaluate(model, env_id, job["eval_episodes"], job["eval_seed"])
-    print(
-        json.dumps(
-            {
-                "start_eval": start_eval,
-                "final_eval": final_eval,
-                "episodes": callback.episodes,
-                "updates": int(model._n_updates),
-                "pretrain_seconds": 0.0,
-                "online_seconds": seconds,
-                "mean_final_train": float(np.mean([r for _, r in callback.episodes[-10:]] or [np.nan])),
-            }
-        )
-    )
+    return {
+        "start_eval": start_eval,
+        "final_eval": evaluate(act, env_id, job["eval_episodes"], job["eval_seed"]),
+        "episodes": callback.episodes,
+        "updates": int(model._n_updates),
+        "pretrain_seconds": 0.0,
+        "online_seconds": seconds,
+        "mean_final_train": float(np.mean([r for _, r in callback.episodes[-10:]] or [np.nan])),
+    }
 
 
 if __name__ == "__main__":
-    main()
+    serve(learn, throughput)

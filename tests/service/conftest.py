@@ -12,18 +12,20 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from service import migrate
 from service.catalogue import import_items
 from service.db import make_engine, make_session_factory, session_scope
+from service.features import encode_state
 from service.importer import import_logs
-from service.models import Base
+from service.models import Base, Decision, utcnow
 from service.settings import Settings
 from service.synthetic import generate_logs, make_items
 from service.trainer import Trainer
@@ -31,6 +33,7 @@ from service.trainer import Trainer
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 STATE_DIM = 4
 N_ITEMS = 5
+STATE = [0.1, -0.2, 0.3, 0.0]
 ADMIN_TOKEN = "test-admin-token"
 
 
@@ -156,6 +159,37 @@ def pretrain_model(settings: Settings, steps: int = 30, activate: bool = True) -
         return trainer.run_job_now("pretrain", {"steps": steps, "activate": activate}, progress=False)
     finally:
         engine.dispose()
+
+
+def insert_decisions(
+    engine: Engine, n: int, *, created_at: datetime | None = None, built: bool = False
+) -> list[str]:
+    """``n`` decisions of ``STATE`` written straight to the database, for tests of the feedback path only;
+    returns their event ids."""
+    events = [uuid.uuid4().hex for _ in range(n)]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Decision),
+            [
+                {
+                    "event_id": event,
+                    "session_id": None,
+                    "step": 0,
+                    "state": encode_state(STATE),
+                    "ranking": [],
+                    "item_id": "item-0",
+                    "action_index": 0,
+                    "propensity": 1.0,
+                    "explored": False,
+                    "model_version": 1,
+                    "policy_revision": 0,
+                    "created_at": created_at or utcnow(),
+                    "transition_built": built,
+                }
+                for event in events
+            ],
+        )
+    return events
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,19 +15,17 @@ from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from service.api.app import create_app
 from service.db import is_sqlite, make_engine, make_session_factory
-from service.features import encode_state
-from service.models import Decision, Feedback, utcnow
+from service.models import Decision, Feedback
 from service.quickstart import free_port
 from service.settings import Settings
-from tests.service.conftest import PG_URL, wait_for
+from tests.service.conftest import PG_URL, STATE, insert_decisions, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-STATE = [0.1, -0.2, 0.3, 0.0]
 
 
 @contextmanager
@@ -98,36 +95,6 @@ def _server_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _insert_decisions(url: str, n: int) -> list[str]:
-    """Decisions written straight to the database (only the feedback path is under test)."""
-    events = [uuid.uuid4().hex for _ in range(n)]
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(Decision),
-            [
-                {
-                    "event_id": e,
-                    "session_id": None,
-                    "step": 0,
-                    "state": encode_state(STATE),
-                    "ranking": [],
-                    "item_id": "item-0",
-                    "action_index": 0,
-                    "propensity": 1.0,
-                    "explored": False,
-                    "model_version": 1,
-                    "policy_revision": 0,
-                    "created_at": utcnow(),
-                    "transition_built": False,
-                }
-                for e in events
-            ],
-        )
-    engine.dispose()
-    return events
-
-
 def test_parallel_feedback_is_stored_once_and_survives_kill_9(trained: Settings, tmp_path: Path) -> None:
     """A real uvicorn subprocess: 1,000 feedback posts (200 events × 5 copies, shuffled) from 16
     parallel clients are all answered 2xx and stored exactly once; then kill -9 loses nothing."""
@@ -154,7 +121,9 @@ def test_parallel_feedback_is_stored_once_and_survives_kill_9(trained: Settings,
         with httpx.Client(base_url=base, timeout=30, limits=httpx.Limits(max_connections=16)) as http:
             act = http.post("/act", json={"state": STATE, "session_id": "durable"})
             assert act.status_code == 200, act.text
-            events = [act.json()["event_id"], *_insert_decisions(trained.database_url, 199)]
+            engine = make_engine(trained.database_url)
+            events = [act.json()["event_id"], *insert_decisions(engine, 199)]
+            engine.dispose()
             posts = [(event, float(i % 2)) for i, event in enumerate(events) for _ in range(5)]
             random.Random(0).shuffle(posts)
 
@@ -173,7 +142,6 @@ def test_parallel_feedback_is_stored_once_and_survives_kill_9(trained: Settings,
             server.kill()
             server.wait(30)
         log.close()
-    engine = make_engine(trained.database_url)
     with make_session_factory(engine)() as session:
         assert session.scalar(select(func.count()).select_from(Decision)) == 200
         assert session.scalar(select(func.count()).select_from(Feedback)) == 200

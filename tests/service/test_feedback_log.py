@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +16,12 @@ from sqlalchemy.orm import Session
 
 from service.db import make_engine
 from service.errors import ConflictError, NotFoundError
-from service.features import encode_state
 from service.feedback import Aggregation, FeedbackResult, record_feedback
 from service.feedback_log import FeedbackPost, FeedbackWriter
-from service.models import Decision, Feedback, utcnow
+from service.models import Feedback, utcnow
 from service.settings import Settings
+from tests.service.conftest import STATE, insert_decisions
 
-STATE = [0.1, -0.2, 0.3, 0.0]
 WINDOW_S = 600.0
 
 
@@ -32,36 +30,6 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = make_engine(settings.database_url)
     yield engine
     engine.dispose()
-
-
-def _decisions(
-    engine: Engine, n: int, *, created_at: datetime | None = None, built: bool = False
-) -> list[str]:
-    """``n`` decisions written straight to the database (only the feedback path is under test)."""
-    events = [uuid.uuid4().hex for _ in range(n)]
-    with engine.begin() as conn:
-        conn.execute(
-            insert(Decision),
-            [
-                {
-                    "event_id": event,
-                    "session_id": None,
-                    "step": 0,
-                    "state": encode_state(STATE),
-                    "ranking": [],
-                    "item_id": "item-0",
-                    "action_index": 0,
-                    "propensity": 1.0,
-                    "explored": False,
-                    "model_version": 1,
-                    "policy_revision": 0,
-                    "created_at": created_at or utcnow(),
-                    "transition_built": built,
-                }
-                for event in events
-            ],
-        )
-    return events
 
 
 def _stored(engine: Engine, event: str) -> list[tuple[str, float, bool]]:
@@ -79,7 +47,7 @@ def _writer(engine: Engine, aggregation: Aggregation = "reject") -> FeedbackWrit
 
 
 def test_reject_same_event_twice_in_one_batch(engine: Engine) -> None:
-    same, different = _decisions(engine, 2)
+    same, different = insert_decisions(engine, 2)
     outcomes = _writer(engine).commit_batch(
         [
             FeedbackPost(same, 1.0, True),
@@ -100,7 +68,7 @@ def test_reject_same_event_twice_in_one_batch(engine: Engine) -> None:
 
 
 def test_sum_and_first_within_one_batch(engine: Engine) -> None:
-    summed, first = _decisions(engine, 2)
+    summed, first = insert_decisions(engine, 2)
     outcomes = _writer(engine, "sum").commit_batch(
         [
             FeedbackPost(summed, 1.0),
@@ -129,9 +97,9 @@ def test_sum_and_first_within_one_batch(engine: Engine) -> None:
 
 
 def test_unknown_late_and_learned_events_fail_alone(engine: Engine) -> None:
-    (good,) = _decisions(engine, 1)
-    (late,) = _decisions(engine, 1, created_at=utcnow() - timedelta(seconds=WINDOW_S + 60))
-    (learned,) = _decisions(engine, 1, built=True)
+    (good,) = insert_decisions(engine, 1)
+    (late,) = insert_decisions(engine, 1, created_at=utcnow() - timedelta(seconds=WINDOW_S + 60))
+    (learned,) = insert_decisions(engine, 1, built=True)
     outcomes = _writer(engine).commit_batch(
         [
             FeedbackPost("missing", 1.0),
@@ -156,11 +124,11 @@ def test_a_batch_answers_as_record_feedback_does_one_post_at_a_time(
     plan = [(0, 1.0, False, None), (1, 0.5, True, None), (0, 1.0, False, None), (0, 2.0, False, None)]
     plan += [(1, 0.5, True, "a"), (2, 1.0, False, None), (0, 2.0, False, "a"), (1, 3.0, False, None)]
 
-    batch_events = _decisions(engine, 3)
+    batch_events = insert_decisions(engine, 3)
     batch = _writer(engine, aggregation).commit_batch(
         [FeedbackPost(batch_events[i], r, d, f) for i, r, d, f in plan]
     )
-    single_events = _decisions(engine, 3)
+    single_events = insert_decisions(engine, 3)
     singles: list[FeedbackResult | Exception] = []
     for i, reward, done, feedback_id in plan:
         with Session(engine) as session:
@@ -194,7 +162,7 @@ def test_a_batch_answers_as_record_feedback_does_one_post_at_a_time(
 def test_a_lost_unique_race_is_rejudged_post_by_post(engine: Engine) -> None:
     """Another process stores the same (event_id, dedup_key) between the batch's reads and its insert:
     the batch is rolled back and re-judged with record_feedback; nothing is lost or stored twice."""
-    raced_same, raced_different, untouched = _decisions(engine, 3)
+    raced_same, raced_different, untouched = insert_decisions(engine, 3)
     writer = _writer(engine)
     real_judge = writer.judge_batch
 
@@ -225,7 +193,7 @@ def test_a_lost_unique_race_is_rejudged_post_by_post(engine: Engine) -> None:
 
 
 def test_the_writer_shares_commits_and_survives_cancelled_requests(engine: Engine) -> None:
-    events = _decisions(engine, 50)
+    events = insert_decisions(engine, 50)
     writer = _writer(engine)
     gate = threading.Event()
     real_commit = writer.commit_batch
@@ -264,7 +232,7 @@ def test_the_writer_shares_commits_and_survives_cancelled_requests(engine: Engin
 
 
 def test_a_database_error_fails_the_whole_batch_and_the_writer_goes_on(engine: Engine) -> None:
-    events = _decisions(engine, 4)
+    events = insert_decisions(engine, 4)
     writer = _writer(engine)
     failing = threading.Event()
     real_judge = writer.judge_batch
@@ -314,7 +282,7 @@ def test_a_failed_batch_is_503_with_retry_after(trained: Settings, monkeypatch: 
 def test_writer_rows_are_stored_like_record_feedback_rows(engine: Engine) -> None:
     """The writer bypasses SQLAlchemy's statement building: its rows must read back, raw and through
     the ORM, like rows written by record_feedback (e.g. SQLite's DATETIME text and 0/1 booleans)."""
-    batch_event, single_event = _decisions(engine, 2)
+    batch_event, single_event = insert_decisions(engine, 2)
     _writer(engine).commit_batch([FeedbackPost(batch_event, 0.75, True)])
     with Session(engine) as session:
         record_feedback(session, single_event, 0.75, True, aggregation="reject", reward_window_s=WINDOW_S)
