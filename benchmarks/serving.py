@@ -6,7 +6,9 @@ One run, loopback only (127.0.0.1), every measurement bounded in time:
    server creates a scratch database there and drops it afterwards) is migrated, example logs from the
    project simulator are imported and a small model is pretrained (``--pretrain-steps``, hidden sizes
    ``[64, 64]`` as in the README's main command, ``scripts/main.sh``);
-2. two uvicorn subprocesses, one worker each, access log off, same flags: the real service in role
+2. two uvicorn subprocesses, one worker each, access log off, same flags, both pinned to the first CPU
+   while the load generator runs on the others (``--no-pin`` leaves placement to the scheduler: then
+   the load generator takes CPU time from the server it measures): the real service in role
    ``api`` (serving only, no trainer in the process) and a bare FastAPI app whose ``POST /act`` parses
    the same request schema (``service.api.schemas.ActRequest``) and returns a constant;
 3. the load generator (wrk with a Lua script when installed, else a bounded asyncio client on raw
@@ -153,10 +155,28 @@ def prepare_model(database_url: str, pretrain_steps: int, n_sessions: int) -> tu
     return version, n_items
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A server subprocess with its output in ``log``."""
+def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """CPUs for the servers and for the load generator: the first CPU for the servers and the others for
+    the client when ``pin`` and there are at least two, so the load generator never takes CPU time from
+    the one-worker server it measures; (None, None) leaves both to the scheduler."""
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _pinned(cpus: set[int] | None) -> Any:
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
+    """A server subprocess with its output in ``log``, on ``cpus`` when given."""
     handle = log.open("w")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=_pinned(cpus)
+    )
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120.0) -> None:
@@ -260,7 +280,14 @@ end
 
 
 def run_wrk(
-    url: str, mode: str, seconds: float, connections: int, threads: int, ids_path: Path | None, work: Path
+    url: str,
+    mode: str,
+    seconds: float,
+    connections: int,
+    threads: int,
+    ids_path: Path | None,
+    work: Path,
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """One wrk run; returns its summary (latencies in microseconds)."""
     script = work / f"wrk_{mode}.lua"
@@ -280,7 +307,9 @@ def run_wrk(
         "--",
         str(threads),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=seconds + 60, check=True, preexec_fn=_pinned(cpus)
+    ).stdout
     line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
@@ -432,6 +461,7 @@ def measure(
                 args.threads,
                 ids_path,
                 work,
+                args.client_cpus,
             )
         else:
             result = run_python(port, path, mode, seconds, args.connections, chosen)
@@ -492,6 +522,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         f"- load generator: {report['client']}; {cfg['connections']} connections, {cfg['duration_s']} s "
         f"per measurement after a {cfg['warmup_s']} s warm-up, 127.0.0.1",
+        f"- CPU placement: {report.get('placement', 'servers and load generator placed by the scheduler')}",
         f"- load average at start {report['load_average_start']}, at end {report['load_average_end']} "
         f"({report['cpu_count']} CPUs): numbers taken under load are noisy, compare the ratios",
         f"- database: {cfg['database']}; model: hidden sizes {cfg['hidden_sizes']}, state_dim "
@@ -561,6 +592,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="serving")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the scheduler place servers and load generator (default: servers on the first CPU, "
+        "the load generator on the others)",
+    )
     parser.add_argument("--bare-app-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -585,8 +622,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if client == "wrk"
         else "Python asyncio client on raw streams (wrk not used)"
     )
+    server_cpus, args.client_cpus = cpu_split(not args.no_pin)
+    if args.client_cpus is not None and client == "python":
+        os.sched_setaffinity(0, args.client_cpus)  # the asyncio client runs in this process
+    placement = (
+        f"servers on CPU {sorted(server_cpus)}, load generator on CPUs {sorted(args.client_cpus)}"
+        if server_cpus is not None
+        else "servers and load generator placed by the scheduler"
+    )
     load_start = load_average()
     print(f"load average {load_start} on {os.cpu_count()} CPUs; load generator: {client_text}", flush=True)
+    print(placement, flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
     procs: list[subprocess.Popen] = []
@@ -600,8 +646,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 *UVICORN_FLAGS, "--port", str(service_port),
             ]  # fmt: skip
             bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare-app-port", str(bare_port)]
-            procs.append(start(service_cmd, env, work / "service.log"))
-            procs.append(start(bare_cmd, env, work / "bare.log"))
+            procs.append(start(service_cmd, env, work / "service.log", server_cpus))
+            procs.append(start(bare_cmd, env, work / "bare.log", server_cpus))
             wait_ready(procs[0], f"http://127.0.0.1:{service_port}/readyz", work / "service.log")
             wait_ready(procs[1], f"http://127.0.0.1:{bare_port}/readyz", work / "bare.log")
             results: dict[str, dict[str, Any]] = {}
@@ -624,6 +670,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": command,
         "client": client_text,
+        "placement": placement,
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "cpu_count": os.cpu_count(),
