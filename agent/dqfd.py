@@ -32,12 +32,15 @@ from agent.losses import (
     td_loss_derivative,
     td_targets,
 )
-from agent.networks import DuelingQNetwork
+from agent.networks import DuelingQNetwork, flatten_parameters
+from agent.optim import adam_step, make_adam
 from agent.replay import PrioritizedReplay
 from agent.types import Batch, LossInfo
 
 CHECKPOINT_FORMAT = "dqfd-agent"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: Adam's state is that of the one flat parameter tensor; version 1 (one state per weight tensor, in
+``online.parameters()`` order) still loads: its states are concatenated in that order."""
 
 PretrainCallback = Callable[[int, dict[str, float]], None]
 """Called as ``callback(updates_done, mean_losses_since_last_call)`` during :meth:`DQfDAgent.pretrain`."""
@@ -71,8 +74,10 @@ class DQfDAgent:
         self.online.to(self.device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self._parameters = list(self.online.parameters())
-        self.optimizer = _adam(self._parameters, self.config.learning_rate, self.config.adam_eps)
+        # Every online weight is a view of one flat tensor, which is what Adam optimises (one L2 term, one
+        # gradient norm and one fused Adam call per update; see networks.flatten_parameters).
+        self._flat = flatten_parameters(self.online)
+        self.optimizer = make_adam([self._flat], self.config.learning_rate, self.config.adam_eps)
         self.replay = PrioritizedReplay(
             self.state_dim,
             self.n_actions,
@@ -195,13 +200,9 @@ class DQfDAgent:
         with torch.no_grad():
             # One pass of the online network over s, s_{t+1} and s_{t+n}: Q(s, ·) for the loss, and the
             # online argmax of double DQN at both bootstrap states ([DDQN] Eq. 4), evaluated by the target.
-            bootstrap_states = torch.cat([batch.next_states, batch.nstep_states])
-            bootstrap_masks = (
-                None if batch.next_masks is None else torch.cat([batch.next_masks, batch.nstep_masks])
-            )
-            q_all, activations = self.online.forward_keeping_activations(
-                torch.cat([batch.states, bootstrap_states])
-            )
+            bootstrap_states = batch.stacked_states[size:]
+            bootstrap_masks = None if batch.stacked_masks is None else batch.stacked_masks[size:]
+            q_all, activations = self.online.forward_keeping_activations(batch.stacked_states)
             q = q_all[:size]
             bootstrap = double_dqn_bootstrap(q_all[size:], self.target(bootstrap_states), bootstrap_masks)
             bootstrap_1, bootstrap_n = bootstrap.split(size)
@@ -215,9 +216,8 @@ class DQfDAgent:
                 q, batch.actions, cfg.margin, batch.masks, batch.is_demo
             )
             per_sample = j_dq + cfg.lambda_n * j_n + cfg.lambda_margin * j_e
-            data_loss = (batch.weights * per_sample).mean()
 
-            # dJ/dQ of data_loss = mean_i w_i·(J_DQ,i + λ1·J_n,i + λ2·J_E,i), then back through the network.
+            # dJ/dQ of the data loss mean_i w_i·(J_DQ,i + λ1·J_n,i + λ2·J_E,i), then back through the net.
             scale = batch.weights / size
             td_coefficient = scale * (
                 td_loss_derivative(q_taken - target_1, cfg.td_loss)
@@ -229,37 +229,31 @@ class DQfDAgent:
 
             # J_L2 = λ3·Σθ² is part of the loss: its gradient 2·λ3·θ is added to every parameter's
             # gradient before clipping and Adam. This is coupled L2, not decoupled weight decay.
-            j_l2 = cfg.lambda_l2 * _sum_of_squares(self._parameters)
-            grads = [p.grad for p in self._parameters]
-            torch._foreach_add_(grads, self._parameters, alpha=2.0 * cfg.lambda_l2)
+            flat, grad = self._flat, self._flat.grad
+            j_l2 = cfg.lambda_l2 * flat.dot(flat)
+            grad.add_(flat, alpha=2.0 * cfg.lambda_l2)
             if cfg.max_grad_norm is not None:
-                _clip_grad_norm(grads, cfg.max_grad_norm)
-        self.optimizer.step()
+                # As torch.nn.utils.clip_grad_norm_: scale the whole gradient to norm ≤ max_grad_norm.
+                grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))
+        adam_step(self.optimizer)
         self.n_updates += 1
         if self.n_updates % cfg.target_update_period == 0:
             self.sync_target()
 
         abs_td = (target_1 - q_taken).abs()
-        # One conversion to Python for all the reported scalars.
-        loss, mean_dq, mean_n, sum_e, l2, n_demo, mean_q = torch.stack(
-            [
-                data_loss + j_l2,
-                j_dq.mean(),
-                j_n.mean(),
-                j_e.sum(),
-                j_l2,
-                batch.is_demo.sum().to(j_l2.dtype),
-                q_taken.mean(),
-            ]
-        ).tolist()
+        # Every reported scalar from one reduction and one conversion to Python.
+        sums = torch.stack(
+            [batch.weights * per_sample, j_dq, j_n, j_e, q_taken, batch.is_demo.to(q.dtype)]
+        ).sum(dim=1)
+        weighted, sum_dq, sum_n, sum_e, sum_q, n_demo, l2 = torch.cat([sums, j_l2.reshape(1)]).tolist()
         info = LossInfo(
-            loss=loss,
-            j_dq=mean_dq,
-            j_n=mean_n,
+            loss=weighted / size + l2,
+            j_dq=sum_dq / size,
+            j_n=sum_n / size,
             j_e=sum_e / max(1.0, n_demo),
             j_l2=l2,
-            demo_fraction=n_demo / batch.states.shape[0],
-            mean_q=mean_q,
+            demo_fraction=n_demo / size,
+            mean_q=sum_q / size,
         )
         return info, abs_td.cpu().numpy()
 
@@ -395,15 +389,19 @@ class DQfDAgent:
         checkpoint = torch.load(source, map_location="cpu", weights_only=True)
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a DQfD agent checkpoint")
-        if checkpoint.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"unsupported checkpoint version {checkpoint.get('version')}")
+        version = checkpoint.get("version")
+        if version not in (1, CHECKPOINT_VERSION):
+            raise ValueError(f"unsupported checkpoint version {version}")
         config = DQfDConfig.from_dict(checkpoint["config"])
         if device is not None:
             config.device = device
         agent = cls(checkpoint["state_dim"], checkpoint["n_actions"], config, seed=checkpoint["seed"])
         agent.online.load_state_dict(checkpoint["online"])
         agent.target.load_state_dict(checkpoint["target"])
-        agent.optimizer.load_state_dict(checkpoint["optimizer"])
+        optimizer_state = checkpoint["optimizer"]
+        if version == 1:
+            optimizer_state = _flat_adam_state(optimizer_state)
+        agent.optimizer.load_state_dict(optimizer_state)
         for name, value in checkpoint["counters"].items():
             setattr(agent, name, int(value))
         return agent
@@ -428,21 +426,15 @@ class DQfDAgent:
         return array
 
 
-def _adam(parameters: list[torch.nn.Parameter], learning_rate: float, eps: float) -> torch.optim.Adam:
-    """Adam with the fused kernel where this PyTorch build has it (3× faster steps on CPU), else plain."""
-    try:
-        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps)
-
-
-def _sum_of_squares(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Σθ² over several tensors in a few fused calls (:func:`agent.losses.l2_loss` divided by λ3)."""
-    return torch.stack(torch._foreach_norm(tensors)).square().sum()
-
-
-def _clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
-    """Scale gradients so that their global L2 norm is at most ``max_norm``, as
-    ``torch.nn.utils.clip_grad_norm_`` does, in fewer calls."""
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+def _flat_adam_state(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 Adam state dict (one state per weight tensor) as the state of the flat tensor."""
+    states = [state_dict["state"][i] for i in sorted(state_dict["state"])]
+    groups = [dict(group, params=[0]) for group in state_dict["param_groups"][:1]]
+    if not states:
+        return {"state": {}, "param_groups": groups}
+    flat = {
+        "step": states[0]["step"],
+        "exp_avg": torch.cat([s["exp_avg"].reshape(-1) for s in states]),
+        "exp_avg_sq": torch.cat([s["exp_avg_sq"].reshape(-1) for s in states]),
+    }
+    return {"state": {0: flat}, "param_groups": groups}

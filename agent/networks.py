@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -34,15 +35,24 @@ class DuelingQNetwork(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1 + n_actions)
         """Row 0: the value stream V(s); rows 1..n_actions: the advantage stream A(s, ·)."""
+        self.linear_layers: list[nn.Linear] = [m for m in self.trunk if isinstance(m, nn.Linear)]
+        self.linear_layers.append(self.head)
+        """The trunk's linear layers, then the head, in forward order."""
+        # The dueling combination is linear in the head's output [V, A]: Q = [V, A] · D with
+        # D = [1ᵀ; I − 1/n], one matrix product (not in the state dict: it is fixed by n_actions).
+        dueling = torch.cat([torch.ones(1, n_actions), torch.eye(n_actions) - 1.0 / n_actions])
+        self.register_buffer("dueling", dueling, persistent=False)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """Q-values, shape (B, n_actions)."""
-        return _dueling(self.head(self.trunk(states)))
+        """Q-values, shape (B, n_actions).
 
-    @property
-    def linear_layers(self) -> list[nn.Linear]:
-        """The trunk's linear layers, then the head, in forward order."""
-        return [m for m in self.trunk if isinstance(m, nn.Linear)] + [self.head]
+        The layers are applied with ``F.linear`` and ``torch.relu`` (what ``nn.Linear`` and ``nn.ReLU``
+        call) to skip the module-call overhead, a sizeable share of a small network's forward pass.
+        """
+        hidden = states
+        for layer in self.linear_layers[:-1]:
+            hidden = torch.relu(F.linear(hidden, layer.weight, layer.bias))
+        return F.linear(hidden, self.head.weight, self.head.bias).mm(self.dueling)
 
     def forward_keeping_activations(self, states: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Q-values and the input of every linear layer (for :meth:`backward_q`); call under no_grad.
@@ -57,7 +67,7 @@ class DuelingQNetwork(nn.Module):
             hidden = torch.addmm(layer.bias, hidden, layer.weight.t()).clamp_min_(0.0)  # ReLU
             inputs.append(hidden)
         head = layers[-1]
-        return _dueling(torch.addmm(head.bias, hidden, head.weight.t())), inputs
+        return torch.addmm(head.bias, hidden, head.weight.t()).mm(self.dueling), inputs
 
     def backward_q(self, inputs: list[torch.Tensor], grad_q: torch.Tensor) -> None:
         """Set every parameter's ``.grad`` to dJ/dθ, given dJ/dQ for the first ``len(grad_q)`` rows.
@@ -68,18 +78,38 @@ class DuelingQNetwork(nn.Module):
             grad_q: dJ/dQ(s, ·), shape (B, n_actions).
         """
         rows = grad_q.shape[0]
-        # Dueling combination: Q_a = V + A_a − mean(A)  ⇒  dJ/dV = Σ_a g_a,  dJ/dA_a = g_a − mean(g).
-        grad = torch.cat([grad_q.sum(dim=1, keepdim=True), grad_q - grad_q.mean(dim=1, keepdim=True)], dim=1)
+        grad = grad_q.mm(self.dueling.t())  # dJ/d[V, A]: dJ/dV = Σ_a g_a, dJ/dA_a = g_a − mean(g)
         layers = self.linear_layers
         for depth in range(len(layers) - 1, -1, -1):
             layer, layer_input = layers[depth], inputs[depth][:rows]
-            layer.weight.grad = grad.t().mm(layer_input)  # y = x Wᵀ + b  ⇒  dJ/dW = gᵀ x,  dJ/db = Σ g
-            layer.bias.grad = grad.sum(dim=0)
+            # y = x Wᵀ + b  ⇒  dJ/dW = gᵀ x,  dJ/db = Σ g; written into existing gradients in place (they
+            # may be views of one flat gradient, see flatten_parameters).
+            if layer.weight.grad is None or layer.bias.grad is None:
+                layer.weight.grad, layer.bias.grad = grad.t().mm(layer_input), grad.sum(dim=0)
+            else:
+                torch.mm(grad.t(), layer_input, out=layer.weight.grad)
+                torch.sum(grad, dim=0, out=layer.bias.grad)
             if depth > 0:
                 # dJ/dx = g W, through the ReLU that produced x: zero where it was clipped (x = 0).
-                grad = grad.mm(layer.weight).mul_(layer_input > 0)
+                # threshold_backward is ReLU's own backward kernel: one op, no boolean mask to convert.
+                grad = torch.ops.aten.threshold_backward(grad.mm(layer.weight), layer_input, 0.0)
 
 
-def _dueling(out: torch.Tensor) -> torch.Tensor:
-    value, advantage = out[:, :1], out[:, 1:]
-    return value + advantage - advantage.mean(dim=1, keepdim=True)
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Put every parameter of ``module`` into one contiguous tensor and return it as a Parameter.
+
+    Each parameter becomes a view of the returned tensor (same values, same state dict), and its
+    ``.grad`` a view of the returned tensor's ``.grad``. Optimising the one flat tensor then updates the
+    module's parameters, and the L2 term, the gradient norm and Adam each take one operation over all
+    weights instead of one per tensor: at batch 32 on a CPU, a measurable share of an update.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        size = p.numel()
+        p.data = flat.data[offset : offset + size].view_as(p)
+        p.grad = flat.grad[offset : offset + size].view_as(p)
+        offset += size
+    return flat

@@ -37,6 +37,87 @@ class NStepWindows(NamedTuple):
     """k, the number of rewards in each window, int64 (B,)."""
 
 
+class WindowReads(NamedTuple):
+    """What the windows of a batch read from storage; windows from several storages can be joined
+    (:func:`join_reads`) and turned into targets with one set of array operations."""
+
+    slots: np.ndarray
+    """Slot ``start + k`` for k = 0..n, wrapped (ring) or clipped to the storage, int64 (B, n + 1)."""
+    rewards: np.ndarray
+    """Rewards of slots k = 0..n−1 (transformed when asked), float64 (B, n)."""
+    dones: np.ndarray
+    """Terminal flags of slots k = 0..n−1, bool (B, n)."""
+    is_transition: np.ndarray
+    """Whether slots k = 0..n−1 hold transitions, bool (B, n)."""
+
+
+def read_windows(
+    starts: np.ndarray,
+    rewards: np.ndarray,
+    dones: np.ndarray,
+    is_transition: np.ndarray,
+    n: int,
+    ring: bool,
+    transform_rewards: bool = False,
+) -> WindowReads:
+    """Read the n slots after each start slot from one storage.
+
+    Args:
+        starts: slots of the sampled transitions (each must be a transition), int (B,).
+        rewards, dones, is_transition: the storage's per-slot arrays, length = capacity.
+        n: window length.
+        ring: slots wrap around modulo the capacity (the FIFO agent part); otherwise slots past the
+            end are clipped, which is safe because every episode ends inside the storage.
+        transform_rewards: apply sign(r)·log(1+|r|) to each reward ([DQfD] Sec. 4, Atari setup).
+    """
+    capacity = rewards.shape[0]
+    slots = starts.astype(np.int64)[:, None] + np.arange(n + 1, dtype=np.int64)
+    slots = slots % capacity if ring else np.minimum(slots, capacity - 1)
+    inside = slots[:, :n]
+    step_rewards = rewards[inside].astype(np.float64)
+    if transform_rewards:
+        step_rewards = np.sign(step_rewards) * np.log1p(np.abs(step_rewards))
+    return WindowReads(slots, step_rewards, dones[inside], is_transition[inside])
+
+
+def join_reads(first: WindowReads, second: WindowReads) -> WindowReads:
+    """The reads of two batches, one after the other."""
+    return WindowReads(*(np.concatenate(pair) for pair in zip(first, second, strict=True)))
+
+
+def targets_from_reads(reads: WindowReads, gamma: float) -> tuple[NStepWindows, NStepWindows]:
+    """The one-step and the n-step windows of every read window (n = the reads' width).
+
+    Step j is in the n-step window when every earlier step continued the episode (a transition that
+    did not terminate) and slot j itself holds a transition; the one-step window is step 0 alone.
+    """
+    n = reads.rewards.shape[1]
+    rows = np.arange(reads.rewards.shape[0])
+    transition, done = reads.is_transition, reads.dones
+    continues = transition & ~done
+    included = np.ones_like(transition)
+    if n > 1:
+        included[:, 1:] = np.logical_and.accumulate(continues[:, :-1], axis=1)
+    included &= transition
+    steps = included.sum(axis=1)
+    powers = gamma ** np.arange(n, dtype=np.float64)
+    returns = (reads.rewards * powers * included).sum(axis=1)
+    terminal = done[rows, steps - 1]
+    many = NStepWindows(
+        returns=returns.astype(np.float32),
+        bootstrap_slots=reads.slots[rows, steps],
+        discounts=np.where(terminal, 0.0, gamma ** steps.astype(np.float64)).astype(np.float32),
+        steps=steps,
+    )
+    one = NStepWindows(
+        returns=reads.rewards[:, 0].astype(np.float32),
+        bootstrap_slots=reads.slots[:, 1],
+        discounts=np.where(done[:, 0], np.float32(0.0), np.float32(gamma)),
+        steps=np.ones(rows.shape[0], dtype=np.int64),
+    )
+    return one, many
+
+
 def one_step(
     starts: np.ndarray,
     rewards: np.ndarray,
@@ -45,12 +126,13 @@ def one_step(
     ring: bool,
     transform_rewards: bool = False,
 ) -> NStepWindows:
-    """The n = 1 case of :func:`nstep_windows`, computed directly (every start slot is a transition)."""
+    """The n = 1 case of :func:`nstep_windows`, computed directly (every start slot is a transition);
+    :func:`targets_from_reads` gives the same from the reads of a longer window."""
     capacity = rewards.shape[0]
-    step_rewards = rewards[starts]
+    step_rewards = rewards[starts].astype(np.float64)
     if transform_rewards:
         step_rewards = np.sign(step_rewards) * np.log1p(np.abs(step_rewards))
-    following = starts + 1
+    following = starts.astype(np.int64) + 1
     following = following % capacity if ring else np.minimum(following, capacity - 1)
     return NStepWindows(
         returns=step_rewards.astype(np.float32),
@@ -70,44 +152,7 @@ def nstep_windows(
     ring: bool,
     transform_rewards: bool = False,
 ) -> NStepWindows:
-    """Compute forward-view n-step windows for every start slot at once.
-
-    Args:
-        starts: slots of the sampled transitions (each must be a transition), int (B,).
-        rewards, dones, is_transition: the storage's per-slot arrays, length = capacity.
-        n: window length (n = 1 gives the one-step target).
-        gamma: discount factor.
-        ring: slots wrap around modulo the capacity (the FIFO agent part); otherwise slots past the
-            end are clipped, which is safe because every episode ends inside the storage.
-        transform_rewards: apply sign(r)·log(1+|r|) to each reward ([DQfD] Sec. 4, Atari setup).
-    """
-    capacity = rewards.shape[0]
-    offsets = np.arange(n, dtype=np.int64)
-    slots = starts.astype(np.int64)[:, None] + offsets
-    slots = slots % capacity if ring else np.minimum(slots, capacity - 1)
-    transition = is_transition[slots]
-    done = dones[slots]
-    # Step j is in the window when every earlier step continued the episode (a transition that did
-    # not terminate) and slot j itself holds a transition.
-    continues = transition & ~done
-    included = np.ones_like(transition)
-    if n > 1:
-        included[:, 1:] = np.logical_and.accumulate(continues[:, :-1], axis=1)
-    included &= transition
-    steps = included.sum(axis=1)
-    discount_powers = gamma ** offsets.astype(np.float64)
-    step_rewards = rewards[slots].astype(np.float64)
-    if transform_rewards:
-        step_rewards = np.sign(step_rewards) * np.log1p(np.abs(step_rewards))
-    returns = (step_rewards * discount_powers * included).sum(axis=1)
-    last = slots[np.arange(slots.shape[0]), steps - 1]
-    terminal = dones[last]
-    bootstrap = starts.astype(np.int64) + steps
-    bootstrap = bootstrap % capacity if ring else np.minimum(bootstrap, capacity - 1)
-    discounts = np.where(terminal, 0.0, gamma ** steps.astype(np.float64))
-    return NStepWindows(
-        returns=returns.astype(np.float32),
-        bootstrap_slots=bootstrap,
-        discounts=discounts.astype(np.float32),
-        steps=steps,
-    )
+    """Compute forward-view n-step windows for every start slot at once (arguments as in
+    :func:`read_windows`)."""
+    reads = read_windows(starts, rewards, dones, is_transition, n, ring, transform_rewards)
+    return targets_from_reads(reads, gamma)[1]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.nstep import nstep_windows, one_step
+from agent.nstep import join_reads, read_windows, targets_from_reads
 from agent.storage import EpisodeStorage
 from agent.sum_tree import SumTree
 from agent.types import Batch
@@ -192,8 +192,10 @@ class PrioritizedReplay:
         normalised by the largest weight in the batch ([PER] Sec. 3.4), where N is the number of
         transitions the batch was drawn from.
         """
-        demo_total = self.tree.prefix_total(self.demo.capacity) if self.demo_count else 0.0
-        total = demo_total if demo_only else self.tree.total
+        if demo_only:
+            total = self.tree.prefix_total(self.demo.capacity) if self.demo_count else 0.0
+        else:
+            total = self.tree.total
         if total <= 0.0:
             raise RuntimeError(
                 "the replay holds no transitions to sample" + (" from demonstrations" if demo_only else "")
@@ -262,52 +264,72 @@ class PrioritizedReplay:
             split = int((~is_agent).sum())
             parts.append((self.demo, indices[:split], False))
             parts.append((self.agent, indices[split:] - DEMO_INDEX_LIMIT, True))
+        size = indices.shape[0]
         with_masks = self.has_masks
-        columns: dict[str, list[np.ndarray]] = {key: [] for key in Batch._fields if key not in ("weights",)}
-        for storage, slots, ring in parts:
-            one = one_step(slots, storage.rewards, storage.dones, gamma, ring, transform_rewards)
-            many = nstep_windows(
-                slots, storage.rewards, storage.dones, storage.is_transition, n_step, gamma, ring,
-                transform_rewards,
-            )  # fmt: skip
-            columns["states"].append(storage.states[slots])
-            columns["actions"].append(storage.actions[slots])
-            columns["rewards"].append(one.returns)
-            columns["next_states"].append(storage.states[one.bootstrap_slots])
-            columns["discounts"].append(one.discounts)
-            columns["nstep_returns"].append(many.returns)
-            columns["nstep_states"].append(storage.states[many.bootstrap_slots])
-            columns["nstep_discounts"].append(many.discounts)
-            columns["is_demo"].append(np.full(slots.shape[0], not ring))
-            if with_masks:
-                for key, where in (("masks", slots), ("next_masks", one.bootstrap_slots),
-                                   ("nstep_masks", many.bootstrap_slots)):  # fmt: skip
+        # s, s' and s_{t+n} go into one array (one tensor; the agent runs the online network over all of
+        # them at once), each part's rows written in place by np.take: no per-part concatenation.
+        states = np.empty((3 * size, self.state_dim), dtype=np.float32)
+        masks = np.empty((3 * size, self.n_actions), dtype=bool) if with_masks else None
+        # The windows of both parts are read separately and turned into targets together.
+        reads = [
+            read_windows(
+                slots, storage.rewards, storage.dones, storage.is_transition, n_step, ring, transform_rewards
+            )
+            for storage, slots, ring in parts
+        ]
+        one, many = targets_from_reads(reads[0] if len(reads) == 1 else join_reads(*reads), gamma)
+        row = 0
+        for storage, slots, _ in parts:
+            rows = slice(row, row + slots.shape[0])
+            for block, where in enumerate((slots, one.bootstrap_slots[rows], many.bootstrap_slots[rows])):
+                target = slice(block * size + rows.start, block * size + rows.stop)
+                np.take(storage.states, where, axis=0, out=states[target])
+                if masks is not None:
                     if storage.masks is None:  # this part has no masks: every action is allowed
-                        columns[key].append(np.ones((where.shape[0], self.n_actions), dtype=bool))
+                        masks[target] = True
                     else:
-                        columns[key].append(storage.masks[where])
+                        np.take(storage.masks, where, axis=0, out=masks[target])
+            row = rows.stop
+        actions = [storage.actions[slots] for storage, slots, _ in parts]
+        columns = {
+            "actions": actions,
+            "rewards": [one.returns],
+            "discounts": [one.discounts],
+            "nstep_returns": [many.returns],
+            "nstep_discounts": [many.discounts],
+        }
+
+        on_cpu = device.type == "cpu"
+
+        def as_tensor(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(array)  # shares the array's memory: no copy on the CPU
+            return tensor if on_cpu else tensor.to(device)
 
         def tensor(key: str) -> torch.Tensor:
             values = columns[key]
-            array = values[0] if len(values) == 1 else np.concatenate(values)
-            return torch.from_numpy(array).to(device)
+            return as_tensor(values[0] if len(values) == 1 else np.concatenate(values))
 
-        def optional(key: str) -> torch.Tensor | None:
-            return tensor(key) if with_masks else None
-
+        stacked_states = as_tensor(states)
+        stacked_masks = None if masks is None else as_tensor(masks)
+        state_views = stacked_states.split(size)
+        mask_views = (None, None, None) if stacked_masks is None else stacked_masks.split(size)
+        is_demo = np.zeros(size, dtype=bool)
+        is_demo[: int((~is_agent).sum())] = True  # demonstrations come first in the batch
         return Batch(
-            states=tensor("states"),
+            states=state_views[0],
             actions=tensor("actions"),
-            masks=optional("masks"),
+            masks=mask_views[0],
             rewards=tensor("rewards"),
-            next_states=tensor("next_states"),
-            next_masks=optional("next_masks"),
+            next_states=state_views[1],
+            next_masks=mask_views[1],
             discounts=tensor("discounts"),
             nstep_returns=tensor("nstep_returns"),
-            nstep_states=tensor("nstep_states"),
-            nstep_masks=optional("nstep_masks"),
+            nstep_states=state_views[2],
+            nstep_masks=mask_views[2],
             nstep_discounts=tensor("nstep_discounts"),
-            is_demo=tensor("is_demo"),
-            weights=torch.from_numpy(weights.astype(np.float32)).to(device),
+            is_demo=as_tensor(is_demo),
+            weights=as_tensor(weights.astype(np.float32)),
+            stacked_states=stacked_states,
+            stacked_masks=stacked_masks,
             indices=indices,
         )

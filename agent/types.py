@@ -39,6 +39,11 @@ class Batch(NamedTuple):
     """Importance-sampling weights (N·P(i))^-β / max, float32 (B,)."""
     indices: np.ndarray
     """Replay indices, for :meth:`PrioritizedReplay.update_priority`, int64 (B,)."""
+    stacked_states: torch.Tensor
+    """s, s' and s_{t+n} stacked, float32 (3B, state_dim): ``states``, ``next_states`` and
+    ``nstep_states`` are views of it (the online network runs over all three in one pass)."""
+    stacked_masks: torch.Tensor | None
+    """``masks``, ``next_masks`` and ``nstep_masks`` stacked the same way, bool (3B, n_actions) or None."""
 
 
 class LossInfo(NamedTuple):

@@ -73,34 +73,34 @@ def agent_with_masked_demos(seed: int = 0, **overrides) -> DQfDAgent:
 def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(make_agent, td_kind, max_grad_norm):
     # The update writes dJ/dθ out by hand (no autograd graph); here autograd on J itself is the reference.
     agent = make_agent(lambda_l2=0.05, max_grad_norm=max_grad_norm, td_loss=td_kind)
-    twin = copy.deepcopy(agent)
+    cfg = agent.config
+    # The reference: plain modules with the same weights, autograd and torch.optim.Adam over them.
+    online, target = (DuelingQNetwork(3, 4, cfg.hidden_sizes) for _ in range(2))
+    online.load_state_dict(agent.online.state_dict())
+    target.load_state_dict(agent.target.state_dict())
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     batch = agent.sample()
     info, abs_td = agent.learn(batch)
 
-    cfg = twin.config
-    q = twin.online(batch.states)
+    q = online(batch.states)
     q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     with torch.no_grad():
-        b1 = double_dqn_bootstrap(
-            twin.online(batch.next_states), twin.target(batch.next_states), batch.next_masks
-        )
-        bn = double_dqn_bootstrap(
-            twin.online(batch.nstep_states), twin.target(batch.nstep_states), batch.nstep_masks
-        )
+        b1 = double_dqn_bootstrap(online(batch.next_states), target(batch.next_states), batch.next_masks)
+        bn = double_dqn_bootstrap(online(batch.nstep_states), target(batch.nstep_states), batch.nstep_masks)
     target_1 = td_targets(batch.rewards, batch.discounts, b1)
     per_sample = (
         td_loss(q_taken, target_1, td_kind)
         + cfg.lambda_n * td_loss(q_taken, td_targets(batch.nstep_returns, batch.nstep_discounts, bn), td_kind)
         + cfg.lambda_margin * margin_loss(q, batch.actions, cfg.margin, batch.masks, batch.is_demo)
     )
-    j_l2 = l2_loss(twin.online.parameters(), cfg.lambda_l2)
+    j_l2 = l2_loss(online.parameters(), cfg.lambda_l2)
     loss = (batch.weights * per_sample).mean() + j_l2
-    twin.optimizer.zero_grad()
+    optimizer.zero_grad()
     loss.backward()
     if max_grad_norm is not None:
-        norm = torch.nn.utils.clip_grad_norm_(twin.online.parameters(), max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(online.parameters(), max_grad_norm)
         assert norm > max_grad_norm  # the clipping is active in this case
-    twin.optimizer.step()
+    optimizer.step()
 
     if make_agent is agent_with_masked_demos:  # the case is what it claims to be
         assert batch.masks is not None and not bool(batch.masks.all())
@@ -108,7 +108,7 @@ def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(make_agent
     assert info.loss == pytest.approx(loss.item(), rel=1e-5)
     assert info.j_l2 == pytest.approx(j_l2.item(), rel=1e-5)
     np.testing.assert_allclose(abs_td, (target_1 - q_taken).abs().detach().numpy(), rtol=1e-6)
-    for a, b in zip(agent.online.parameters(), twin.online.parameters(), strict=True):
+    for a, b in zip(agent.online.parameters(), online.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -220,6 +220,42 @@ def test_checkpoint_round_trip_gives_identical_q_values_and_counters():
     agent.train_step()
     restored.train_step()
     np.testing.assert_allclose(restored.q_values(states), agent.q_values(states), rtol=1e-6, atol=1e-6)
+
+
+def test_version_1_checkpoints_with_one_adam_state_per_tensor_still_load():
+    agent = agent_with_demos()
+    agent.pretrain(6)
+    buffer = io.BytesIO()
+    agent.save(buffer)
+    checkpoint = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    # Rewrite it as version 1 wrote it: Adam's state split per weight tensor, in parameters() order.
+    flat_state = checkpoint["optimizer"]["state"][0]
+    sizes = [p.numel() for p in agent.online.parameters()]
+    pieces = {key: torch.split(flat_state[key], sizes) for key in ("exp_avg", "exp_avg_sq")}
+    shapes = [p.shape for p in agent.online.parameters()]
+    checkpoint["version"] = 1
+    checkpoint["optimizer"] = {
+        "state": {
+            i: {
+                "step": flat_state["step"].clone(),
+                "exp_avg": pieces["exp_avg"][i].reshape(shape),
+                "exp_avg_sq": pieces["exp_avg_sq"][i].reshape(shape),
+            }
+            for i, shape in enumerate(shapes)
+        },
+        "param_groups": [dict(checkpoint["optimizer"]["param_groups"][0], params=list(range(len(shapes))))],
+    }
+    old = io.BytesIO()
+    torch.save(checkpoint, old)
+    old.seek(0)
+    restored = DQfDAgent.load(old)
+    state = restored.optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(state["exp_avg_sq"], flat_state["exp_avg_sq"], rtol=0, atol=0)
+    assert float(state["step"]) == 6.0
+    # The weights are views of the one tensor Adam optimises.
+    with torch.no_grad():
+        restored._flat.zero_()
+    assert all(float(p.detach().abs().sum()) == 0.0 for p in restored.online.parameters())
 
 
 def test_same_seed_same_agent():
