@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder")
     p.add_argument("--name", default="paper", help="prefix of the output files")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in {out}/{name}_raw.json (a run that was stopped) and do only the rest",
+    )
+    p.add_argument(
         "--rerender", type=Path, nargs="+", default=None, help="only rebuild the report from *_raw.json files"
     )
     return p.parse_args(argv)
@@ -124,6 +129,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     raw: dict[str, Any] = {"command": command, "runs": [], "peers": [], "throughput": None}
     raw_path = args.out / f"{args.name}_raw.json"
+    if args.resume and raw_path.exists():
+        # A long run stopped part-way (a session ended, the machine went away): keep what it finished.
+        previous = json.loads(raw_path.read_text())
+        raw.update(previous, command=previous.get("command", command), resumed_by=command)
+        done = {(r["env_id"], r["arm"], r["seed"]) for r in raw["runs"]}
+        jobs = [j for j in jobs if (j["env_id"], j["arm"], j["seed"]) not in done]
+        print(f"resuming {raw_path}: {len(done)} runs kept, {len(jobs)} to do", flush=True)
 
     def save() -> None:
         raw_path.write_text(json.dumps(raw, default=float))
@@ -149,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pool.close()
         pool.join()
 
-    if peer_names:
+    if peer_names and raw["peers"]:
+        print(f"peers: {len(raw['peers'])} results kept from the resumed run", flush=True)
+    elif peer_names:
         raw["peers"] = peers.run_peers(
             peer_names, tasks, budgets, peer_seeds, args.ding_seeds, args.workers, log=print
         )
@@ -159,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     else:
         print("peers: skipped (--quick or --peers with no names)", flush=True)
-    if not args.no_throughput and not args.quick:
+    if not args.no_throughput and not args.quick and raw.get("throughput") is None:
         raw["throughput"] = throughput.compare(peer_names, log=print, updates=args.throughput_updates)
         save()
     elif args.quick:

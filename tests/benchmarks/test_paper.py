@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -43,6 +44,18 @@ def test_quick_run_writes_report_with_claim_lines(tmp_path: Path) -> None:
     assert (tmp_path / "smoke_cartpole.png").stat().st_size > 10_000
     again = cli.main(["--rerender", str(tmp_path / "smoke_raw.json"), "--out", str(tmp_path), "--name", "re"])
     assert again["claims_text"] == report["claims_text"]
+
+    # --resume keeps the finished runs of a stopped run and does only the missing ones.
+    raw_path = tmp_path / "smoke_raw.json"
+    raw = json.loads(raw_path.read_text())
+    kept = [r for r in raw["runs"] if not (r["arm"] == "dqfd" and r["seed"] == 1)]
+    assert len(kept) == len(raw["runs"]) - 1
+    raw_path.write_text(json.dumps({**raw, "runs": kept}))
+    cli.main(["--quick", "--out", str(tmp_path), "--name", "smoke", "--resume"])
+    resumed = json.loads(raw_path.read_text())
+    assert len(resumed["runs"]) == len(raw["runs"])
+    assert resumed["runs"][: len(kept)] == kept  # the kept runs are untouched, the missing one appended
+    assert (resumed["runs"][-1]["arm"], resumed["runs"][-1]["seed"]) == ("dqfd", 1)
 
 
 def test_demonstrations_are_reproducible_and_keep_truncated_final_state() -> None:
