@@ -14,6 +14,7 @@ from agent import DQfDAgent, Episode
 from agent.networks import DuelingQNetwork
 
 from .demonstrators import DemoEpisode
+from .peer_common import evaluate as evaluate_episodes
 from .settings import Budget, dqfd_config, uses_demonstrations
 
 EVAL_SEED = 1_000_000
@@ -26,19 +27,8 @@ def to_episodes(demos: list[DemoEpisode]) -> list[Episode]:
 
 
 def evaluate(policy, env_id: str, episodes: int) -> list[float]:
-    """Returns of ``episodes`` greedy episodes of ``policy(obs) -> action``."""
-    env = gym.make(env_id)
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED + k)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
+    """Returns of ``episodes`` greedy episodes of ``policy(obs) -> action``, reset from EVAL_SEED + k."""
+    return evaluate_episodes(policy, env_id, episodes, EVAL_SEED)
 
 
 def greedy(net: torch.nn.Module):
