@@ -21,7 +21,9 @@ class NumpyQNetwork:
         def array(name: str) -> np.ndarray:
             value = state_dict[name]
             value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            out = np.ascontiguousarray(value, dtype=np.float32)
+            # Always a copy: ``Tensor.numpy()`` shares the live parameter's memory, which the optimizer
+            # keeps updating in place; a served policy must not change under its readers.
+            out = np.array(value, dtype=np.float32, order="C", copy=True)
             out.setflags(write=False)
             return out
 
@@ -36,8 +38,6 @@ class NumpyQNetwork:
             w.setflags(write=False)
         self.state_dim = int(self.layers[0][0].shape[0]) if self.layers else int(self.head_w.shape[0])
         self.n_actions = int(self.head_b.shape[0]) - 1
-        # The advantage count as ``ndarray.mean`` divides by it (an intp: the division runs in float64).
-        self._n_advantages = np.intp(self.n_actions)
 
     @classmethod
     def from_checkpoint(cls, source: str | BinaryIO | Any) -> NumpyQNetwork:
@@ -57,11 +57,7 @@ class NumpyQNetwork:
         out = h @ self.head_w
         out += self.head_b
         advantage = out[:, 1:]
-        # advantage.mean(axis=1, keepdims=True) without its Python-level overhead (about 4 µs of a
-        # 20 µs forward at batch size 1): the same float32 sum, divided the same way.
-        mean = np.add.reduce(advantage, axis=1, keepdims=True)
-        np.true_divide(mean, self._n_advantages, out=mean, casting="unsafe")
-        q = advantage - mean
+        q = advantage - advantage.mean(axis=1, keepdims=True)
         q += out[:, :1]
         if masks is not None:
             q = np.where(np.asarray(masks, dtype=bool), q, np.float32(-np.inf))

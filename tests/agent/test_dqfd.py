@@ -258,6 +258,16 @@ def test_version_1_checkpoints_with_one_adam_state_per_tensor_still_load():
     assert all(float(p.detach().abs().sum()) == 0.0 for p in restored.online.parameters())
 
 
+def test_a_published_numpy_policy_does_not_change_while_the_agent_trains():
+    agent = agent_with_demos()
+    policy = agent.numpy_policy()
+    states = np.random.default_rng(6).normal(size=(5, 3)).astype(np.float32)
+    before = policy.q_values(states).copy()
+    agent.pretrain(20)
+    assert not np.allclose(agent.q_values(states), before)  # the agent did learn
+    np.testing.assert_array_equal(policy.q_values(states), before)
+
+
 def test_same_seed_same_agent():
     a, b = agent_with_demos(seed=3), agent_with_demos(seed=3)
     a.pretrain(5)
