@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ class Catalogue:
     def n_actions(self) -> int:
         """Number of items = number of agent actions."""
         return len(self.item_ids)
+
+    @cached_property
+    def all_active(self) -> bool:
+        """Whether every item may be recommended (then a request without candidates or exclusions
+        needs no mask)."""
+        return bool(self.active.all())
 
     def indices(self, item_ids: list[str], field_name: str, require_active: bool) -> np.ndarray:
         """Action indices of ``item_ids``; unknown (or inactive, if required) ids raise InvalidInputError."""

@@ -74,7 +74,7 @@ class FeedbackWriter(GroupCommitWriter[FeedbackPost, FeedbackResult]):
     def commit_batch(self, items: list[FeedbackPost]) -> list[FeedbackResult | Exception]:
         """Judge and store ``items`` in one transaction; a lost unique-key race re-judges them singly."""
         try:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 outcomes, rows = self.judge_batch(conn, items, utcnow())
                 self._rows.insert(conn, rows)
             return outcomes

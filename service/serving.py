@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,16 @@ from service.models import Decision, utcnow
 from service.policy_store import ServingPolicy
 
 _rng_local = threading.local()
+
+# uuid.uuid4().hex without the UUID object: the version (4) and variant (RFC 4122) bits set on 16 random
+# bytes, as uuid.UUID(bytes=..., version=4) sets them.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
+
+
+def new_event_id() -> str:
+    """A random event id: the 32 hex digits of a version-4 UUID."""
+    return f"{int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
 def _rng() -> np.random.Generator:
@@ -53,7 +63,7 @@ def allowed_mask(
         mask[catalogue.indices(exclude, "exclude", require_active=False)] = False
     if not mask.any():
         raise InvalidInputError("no allowed item is left after the exclusions", field="exclude")
-    narrowed = candidates is not None or bool(exclude) or not catalogue.active.all()
+    narrowed = candidates is not None or bool(exclude) or not catalogue.all_active
     return mask, narrowed
 
 
@@ -66,38 +76,57 @@ def choose(
     k: int,
     epsilon: float,
 ) -> Choice:
-    """ε-greedy choice over the allowed items with the ranking of the top-k by Q-value."""
+    """ε-greedy choice over the allowed items with the ranking of the top-k by Q-value.
+
+    A request that narrows nothing (no candidates, no exclusions, every item active) skips the mask:
+    its allowed items are all actions, and the result is the one the masked path would give.
+    """
     if len(state) != state_dim:
         raise InvalidInputError(f"state must have {state_dim} values, got {len(state)}", field="state")
     vector = np.asarray(state, dtype=np.float32)
     if not np.isfinite(vector).all():
         raise InvalidInputError("state must contain only finite numbers", field="state")
-    if k > policy.catalogue.n_actions:
-        raise InvalidInputError(
-            f"k must be at most the catalogue size {policy.catalogue.n_actions}", field="k"
-        )
-    mask, narrowed = allowed_mask(policy, candidates, exclude)
-    q = policy.q_values(vector[None, :], mask[None, :])[0]
-    n_allowed = int(mask.sum())
-    allowed = np.flatnonzero(mask)
+    catalogue = policy.catalogue
+    n_actions = catalogue.n_actions
+    if k > n_actions:
+        raise InvalidInputError(f"k must be at most the catalogue size {n_actions}", field="k")
+    if candidates is None and not exclude and catalogue.all_active:
+        mask = allowed = None
+        q = policy.q_values(vector[None, :], None)[0]
+        n_allowed = n_actions
+        allowed_q = q
+    else:
+        mask, narrowed = allowed_mask(policy, candidates, exclude)
+        q = policy.q_values(vector[None, :], mask[None, :])[0]
+        allowed = np.flatnonzero(mask)
+        n_allowed = len(allowed)
+        allowed_q = q[allowed]
+        if not narrowed:
+            mask = None
     top = min(k, n_allowed)
-    # argpartition then sort: O(n) for the long catalogues, ties broken by action index.
-    allowed_q = q[allowed]
-    order = np.argsort(-allowed_q, kind="stable")[:top] if top >= len(allowed) else None
-    if order is None:
-        part = np.argpartition(-allowed_q, top - 1)[:top]
-        order = part[np.argsort(-allowed_q[part], kind="stable")]
-    ranked = allowed[order]
-    greedy = int(ranked[0])
+    # argpartition, then a stable sort of the top-k only: O(n) for the long catalogues.
+    negated = -allowed_q
+    if top >= n_allowed:
+        order = negated.argsort(kind="stable")[:top]
+    else:
+        part = negated.argpartition(top - 1)[:top]
+        order = part[negated[part].argsort(kind="stable")]
+    ranked = (order if allowed is None else allowed[order]).tolist()
+    greedy = ranked[0]
     rng = _rng()
     explored = epsilon > 0 and rng.random() < epsilon
-    action = int(allowed[rng.integers(n_allowed)]) if explored else greedy
+    if explored:
+        drawn = int(rng.integers(n_allowed))
+        action = drawn if allowed is None else int(allowed[drawn])
+    else:
+        action = greedy
     propensity = epsilon / n_allowed + (1.0 - epsilon if action == greedy else 0.0)
-    item_ids = policy.catalogue.item_ids
-    ranking = [{"item_id": item_ids[i], "score": float(q[i])} for i in ranked]
-    return Choice(
-        item_ids[action], action, ranking, float(propensity), bool(explored), mask if narrowed else None
-    )
+    item_ids = catalogue.item_ids
+    scores = q[ranked].tolist()
+    ranking: list[dict[str, float | str]] = [
+        {"item_id": item_ids[i], "score": score} for i, score in zip(ranked, scores, strict=True)
+    ]
+    return Choice(item_ids[action], action, ranking, float(propensity), bool(explored), mask)
 
 
 def decision_row(
@@ -105,7 +134,7 @@ def decision_row(
 ) -> dict[str, Any]:
     """The ``decisions`` row of one choice, with a new event id (``step`` is set when it is written)."""
     return {
-        "event_id": uuid.uuid4().hex,
+        "event_id": new_event_id(),
         "session_id": session_id,
         "step": 0,
         "state": encode_state(state),

@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    routes_serving.add_routes(app)  # first, and not through a router: the hot path matches them first
     app.include_router(routes_health.router)
-    app.include_router(routes_serving.router)
     app.include_router(routes_admin.router)
     return app

@@ -1,18 +1,24 @@
 """``POST /act`` and ``POST /feedback``. Neither blocks the event loop: /act computes its choice (a NumPy
 forward of microseconds) on the loop and awaits the decisions' group-commit writer; /feedback awaits the
-feedback's group-commit writer, which judges and stores it with the posts queued beside it."""
+feedback's group-commit writer, which judges and stores it with the posts queued beside it.
+
+They are the request path the serving benchmark measures, so they skip what costs time there and buys
+nothing: they read the service state from the request (no dependency to solve), sit directly on the app
+(:func:`add_routes`) rather than in an included router, which FastAPI matches once to select it and
+again to handle the request, and /act writes its body with one ``pydantic_core.to_json`` of a plain
+dict (the same bytes as ``ActResponse.model_dump_json``, without validating what it just built).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import FastAPI, Request, Response
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import StateDep
 from service.api.schemas import ActRequest, ActResponse, FeedbackRequest, FeedbackResponse
+from service.api.state import ServiceState
 from service.feedback_log import FeedbackPost
 from service.serving import choose, decision_row
-
-router = APIRouter(tags=["serving"])
 
 # Catalogues up to this size are scored on the event loop; longer ones in the threadpool.
 INLINE_MAX_ACTIONS = 4096
@@ -23,38 +29,54 @@ ERRORS = {
     422: {"description": "invalid field (the body names it)"},
     503: {"description": "no model yet or database unavailable (Retry-After)"},
 }
+TAGS: list[str] = ["serving"]
 
 
-@router.post("/act", response_model=ActResponse, responses=ERRORS)
-async def act(body: ActRequest, state: StateDep) -> Response:
+async def act(body: ActRequest, request: Request) -> Response:
     """Choose an item for ``state``; the decision is committed before the response is sent."""
+    state: ServiceState = request.app.state.service
     policy = state.store.require()
-    epsilon = state.settings.epsilon if body.explore is not False else 0.0
-    args = (policy, body.state, state.settings.state_dim, body.candidates, body.exclude, body.k, epsilon)
+    settings = state.settings
+    epsilon = settings.epsilon if body.explore is not False else 0.0
+    args = (policy, body.state, settings.state_dim, body.candidates, body.exclude, body.k, epsilon)
     if policy.catalogue.n_actions <= INLINE_MAX_ACTIONS:
         choice = choose(*args)  # tens of microseconds: cheaper than a threadpool hop
     else:
         choice = await run_in_threadpool(choose, *args)  # a long catalogue must not stall the loop
     row = decision_row(policy, body.state, body.session_id, choice)
     await state.decisions.write(row)  # returns after the batch holding this row committed
-    response = ActResponse(
-        event_id=row["event_id"],
-        item_id=choice.item_id,
-        ranking=choice.ranking,
-        propensity=choice.propensity,
-        model_version=policy.model_version,
-        policy_revision=policy.revision,
-        explored=choice.explored,
-    )
-    # Serialized once by pydantic-core (the response model still documents the body in OpenAPI).
-    return Response(response.model_dump_json(), media_type="application/json")
+    # ActResponse's fields, in its order (the response model documents the body in OpenAPI).
+    content = {
+        "event_id": row["event_id"],
+        "item_id": choice.item_id,
+        "ranking": choice.ranking,
+        "propensity": choice.propensity,
+        "model_version": policy.model_version,
+        "policy_revision": policy.revision,
+        "explored": choice.explored,
+    }
+    return Response(to_json(content, inf_nan_mode="null"), media_type="application/json")
 
 
-@router.post("/feedback", response_model=FeedbackResponse, status_code=status.HTTP_200_OK, responses=ERRORS)
-async def feedback(body: FeedbackRequest, state: StateDep) -> FeedbackResponse:
+async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     """Record the reward of a served decision; a 2xx means it is committed to the database."""
+    state: ServiceState = request.app.state.service
     # Returns after the batch holding this post committed; its 404/409 is raised here.
     result = await state.feedback.write(FeedbackPost(body.event_id, body.reward, body.done, body.feedback_id))
     return FeedbackResponse(
         event_id=result.event_id, status=result.status, reward=result.reward, done=result.done
+    )
+
+
+def add_routes(app: FastAPI) -> None:
+    """Register ``/act`` and ``/feedback`` on ``app`` itself (before the included routers)."""
+    app.add_api_route("/act", act, methods=["POST"], response_model=ActResponse, responses=ERRORS, tags=TAGS)
+    app.add_api_route(
+        "/feedback",
+        feedback,
+        methods=["POST"],
+        response_model=FeedbackResponse,
+        status_code=200,
+        responses=ERRORS,
+        tags=TAGS,
     )
