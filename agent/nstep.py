@@ -118,30 +118,6 @@ def targets_from_reads(reads: WindowReads, gamma: float) -> tuple[NStepWindows, 
     return one, many
 
 
-def one_step(
-    starts: np.ndarray,
-    rewards: np.ndarray,
-    dones: np.ndarray,
-    gamma: float,
-    ring: bool,
-    transform_rewards: bool = False,
-) -> NStepWindows:
-    """The n = 1 case of :func:`nstep_windows`, computed directly (every start slot is a transition);
-    :func:`targets_from_reads` gives the same from the reads of a longer window."""
-    capacity = rewards.shape[0]
-    step_rewards = rewards[starts].astype(np.float64)
-    if transform_rewards:
-        step_rewards = np.sign(step_rewards) * np.log1p(np.abs(step_rewards))
-    following = starts.astype(np.int64) + 1
-    following = following % capacity if ring else np.minimum(following, capacity - 1)
-    return NStepWindows(
-        returns=step_rewards.astype(np.float32),
-        bootstrap_slots=following,
-        discounts=np.where(dones[starts], np.float32(0.0), np.float32(gamma)),
-        steps=np.ones(starts.shape[0], dtype=np.int64),
-    )
-
-
 def nstep_windows(
     starts: np.ndarray,
     rewards: np.ndarray,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.nstep import NStepWindows, join_reads, nstep_windows, one_step, read_windows, targets_from_reads
+from agent.nstep import NStepWindows, join_reads, nstep_windows, read_windows, targets_from_reads
 
 GAMMA = 0.99
 
@@ -71,10 +71,10 @@ def test_ring_windows_wrap_around_the_end_of_the_buffer():
     assert w.discounts[0] == 0.0
 
 
-def test_one_step_matches_the_n_equal_one_window():
+def test_the_one_step_target_of_long_reads_matches_the_n_equal_one_window():
     rewards, dones, trans = storage([1, 2, 3, 0], [False, False, True, False], [True, True, True, False])
     starts = np.array([0, 1, 2])
-    a = one_step(starts, rewards, dones, GAMMA, ring=False)
+    a = targets_from_reads(read_windows(starts, rewards, dones, trans, 10, ring=False), GAMMA)[0]
     b = nstep_windows(starts, rewards, dones, trans, 1, GAMMA, ring=False)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y)
@@ -112,7 +112,7 @@ def test_targets_from_joined_reads_equal_each_storage_on_its_own():
     ):
         rows = slice(4 * part, 4 * part + 4)
         alone = nstep_windows(starts, rewards, dones, trans, 4, GAMMA, ring=ring)
-        single = one_step(starts, rewards, dones, GAMMA, ring=ring)
+        single = nstep_windows(starts, rewards, dones, trans, 1, GAMMA, ring=ring)
         for mine, reference in ((many, alone), (one, single)):
             for field in NStepWindows._fields:
                 np.testing.assert_array_equal(getattr(mine, field)[rows], getattr(reference, field))
