@@ -394,3 +394,20 @@ def test_a_busy_writer_keeps_its_connection_and_an_idle_one_gives_it_back(engine
     finally:
         writer.stop()
     assert writer._conn is None
+
+
+def test_insert_errors_are_sqlalchemy_errors_and_roll_back(engine: Engine) -> None:
+    """On PostgreSQL the rows go in with COPY on the driver connection: its errors must still be
+    SQLAlchemy's (the API maps those), and the failed batch must leave nothing behind."""
+    from sqlalchemy.exc import IntegrityError
+
+    writer = DecisionWriter(engine)
+    rows = _rows(3)
+    writer.commit_batch(rows[:1])
+    with pytest.raises(IntegrityError):
+        writer.commit_batch(rows[1:] + rows[:1])  # the last one's event id is stored already
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Decision)) == 1
+    writer.commit_batch(rows[1:])  # the writer goes on
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Decision)) == 3
