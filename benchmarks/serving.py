@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     client_text = (
         f"wrk ({shutil.which('wrk')}, {args.threads} threads, Lua script)"
         if client == "wrk"
-        else "Python asyncio client on raw streams (wrk not used)"
+        else "Python asyncio client on raw streams (wrk not installed or not chosen)"
     )
     server_cpus, args.client_cpus = cpu_split(not args.no_pin)
     if args.client_cpus is not None and client == "python":
@@ -670,6 +670,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": command,
         "client": client_text,
+        "client_kind": client,  # "wrk" or "python": the load generator this run actually used
         "placement": placement,
         "load_average_start": load_start,
         "load_average_end": load_average(),

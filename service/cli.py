@@ -155,10 +155,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.pretrain_steps is not None:
         settings.pretrain_steps = args.pretrain_steps
-    if args.port:
-        settings.port = args.port
     quickstart.prepare(settings, n_sessions=args.sessions, n_items=args.items)
-    return quickstart.serve(settings, check=args.check)
+    return quickstart.serve(settings, check=args.check, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,14 +100,19 @@ def round_trip(base_url: str, state_dim: int) -> dict[str, Any]:
         return {"act": act.json(), "feedback": feedback.json()}
 
 
-def serve(settings: Settings, check: bool = False) -> int:
-    """Serve until interrupted; with ``check``, serve on a free port, do one round trip and stop."""
+def serve(settings: Settings, check: bool = False, port: int | None = None) -> int:
+    """Serve until interrupted; with ``check``, do one round trip and stop.
+
+    ``port`` (the command line's ``--port``) wins; without it ``check`` takes a free port (so a check
+    never collides with a server already running) and a plain serve takes ``settings.port``.
+    """
     import uvicorn
 
     from service.api.app import create_app
 
     host = settings.host
-    port = free_port(host) if check else settings.port
+    if port is None:
+        port = free_port(host) if check else settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
     example_state = "[" + ", ".join(["0.1"] * settings.state_dim) + "]"
     print(CURL_HELP.format(host=host, port=port, dim=settings.state_dim, state=example_state), flush=True)

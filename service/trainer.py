@@ -20,6 +20,7 @@ from service.db import session_scope
 from service.demos import count_demonstrations, iter_demonstrations
 from service.models import LiveTransition, TrainingJob, utcnow
 from service.policy_store import PolicyStore
+from service.progress import progress_bar
 from service.settings import Settings
 from service.transitions import build_ready_transitions, to_transition
 
@@ -366,7 +367,7 @@ class Trainer:
         filled = self._fill_buffers(agent, catalogue, self._stop.is_set)
         if filled.demonstrations == 0 and filled.live == 0:
             raise RuntimeError("no demonstrations and no live data to learn from")
-        bar = tqdm(total=steps, desc=f"{job.kind} (job {job.id})", unit="step") if progress else None
+        bar = progress_bar(steps, f"{job.kind} (job {job.id})", unit="step") if progress else None
         try:
             summary = agent.pretrain(
                 steps,
@@ -431,8 +432,8 @@ class Trainer:
             with session_scope(self.sessions) as session:
                 jobs.fail_job(session, job_id, f"{type(exc).__name__}: {exc}")
             raise
-        if trained.activate:
-            self._adopt_trained(trained)
+        # A one-off job (the CLI's ``pretrain``, the quickstart) ends with its process: no online loop
+        # follows here to adopt the agent; a serving process loads the activated version from the registry.
         return trained.version
 
     # ------------------------------------------------------------------ online learning
@@ -464,7 +465,10 @@ class Trainer:
 
     def _publish(self) -> None:
         if self.store is not None and self.agent is not None and self.base_version is not None:
-            self.store.publish(self.agent.numpy_policy(), self.base_version, int(self.agent.n_updates))
+            # policy_revision counts the online updates in the served weights (docs/service.md), so the
+            # pretraining updates a version started from are left out.
+            online = int(self.agent.n_updates) - int(self.agent.n_pretrain_updates)
+            self.store.publish(self.agent.numpy_policy(), self.base_version, online)
         self._updates_since_publish = 0
         self._last_publish = time.monotonic()
 

@@ -31,12 +31,36 @@ STATUS = {
 RETRY_AFTER_S = "5"
 
 
-def _body(exc: ServiceError) -> dict:
+def _location(request: Request, field: str) -> str:
+    """Where a request carried ``field``: its path, its query string, or (by default) its body."""
+    if field in request.path_params:
+        return "path"
+    if field in request.query_params:
+        return "query"
+    return "body"
+
+
+def _body(request: Request, exc: ServiceError) -> dict:
     detail = {"msg": exc.message, "type": type(exc).__name__}
     if exc.field is not None:
-        detail["loc"] = ["body", exc.field]
+        detail["loc"] = [_location(request, exc.field), exc.field]
         detail["field"] = exc.field
     return {"detail": [detail]}
+
+
+def _validation_detail(error: dict) -> dict:
+    """One pydantic error as ``{loc, field, msg, type}``: ``field`` is the parameter's or body field's
+    name (``loc`` says where it was); a body that is not JSON at all is the field ``body``, with the
+    character offset in the message rather than in the field."""
+    loc = [str(part) for part in error.get("loc", ())]
+    kind = error.get("type")
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+        offset = f" at character {loc[1]}" if len(loc) > 1 else ""
+        msg = f"the request body is not valid JSON ({reason}{offset})"
+        return {"loc": ["body"], "field": "body", "msg": msg, "type": kind}
+    field = ".".join(loc[1:]) if loc[:1] in (["body"], ["path"], ["query"], ["header"]) else ".".join(loc)
+    return {"loc": loc, "field": field or "body", "msg": error.get("msg"), "type": kind}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -45,20 +69,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # The echoed input is left out: it may be huge or hold NaN, which JSON cannot carry.
-        errors = []
-        for error in exc.errors():
-            loc = [str(part) for part in error.get("loc", ())]
-            field = ".".join(loc[1:]) if loc[:1] == ["body"] else ".".join(loc)
-            errors.append(
-                {"loc": loc, "field": field or "body", "msg": error.get("msg"), "type": error.get("type")}
-            )
-        return JSONResponse({"detail": errors}, status_code=422)
+        return JSONResponse({"detail": [_validation_detail(e) for e in exc.errors()]}, status_code=422)
 
     @app.exception_handler(ServiceError)
-    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
         headers = {"Retry-After": RETRY_AFTER_S} if code == 503 else None
-        return JSONResponse(_body(exc), status_code=code, headers=headers)
+        return JSONResponse(_body(request, exc), status_code=code, headers=headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)

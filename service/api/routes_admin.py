@@ -16,9 +16,12 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 
 @router.post("/retrain", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-def retrain(body: RetrainRequest, state: StateDep, session: SessionDep) -> Any:
-    """Queue a retrain: reload demonstrations, pretrain, replay live data, save (and maybe activate)."""
-    params = body.model_dump()
+def retrain(state: StateDep, session: SessionDep, body: RetrainRequest | None = None) -> Any:
+    """Queue a retrain: reload demonstrations, pretrain, replay live data, save (and maybe activate).
+
+    Every field has a default, so the body may be left out altogether.
+    """
+    params = (body or RetrainRequest()).model_dump()
     if params["steps"] is None:
         params["steps"] = state.settings.pretrain_steps
     job = jobs.enqueue_job(session, "retrain", params)
