@@ -33,7 +33,17 @@ def _finite(*values: float) -> bool:
 def test_serving_benchmark_quick_run_writes_the_report(tmp_path: Path) -> None:
     # The client is chosen explicitly: the run must not depend on whether wrk happens to be on PATH
     # (the project's set-up does not install it). The report must say which client the run used.
-    argv = ["--quick", "--warmup", "0", "--duration", "1", "--out", str(tmp_path), "--work", str(tmp_path / "w")]
+    argv = [
+        "--quick",
+        "--warmup",
+        "0",
+        "--duration",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--work",
+        str(tmp_path / "w"),
+    ]
     report = serving.main([*argv, "--client", "python"])
     text = (tmp_path / "serving.md").read_text()
     assert text.startswith("# Serving benchmark")
