@@ -17,7 +17,7 @@ from service.api.app import create_app
 from service.api.schemas import ActResponse
 from service.db import make_engine
 from service.decision_log import DecisionWriter
-from service.errors import UnavailableError
+from service.errors import InvalidInputError, UnavailableError
 from service.group_commit import GroupCommitWriter, WalCheckpoints
 from service.models import Decision
 from service.serving import Choice, decision_row, new_event_id
@@ -411,3 +411,38 @@ def test_insert_errors_are_sqlalchemy_errors_and_roll_back(engine: Engine) -> No
     writer.commit_batch(rows[1:])  # the writer goes on
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Decision)) == 3
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        pytest.param({"model_version": 2**70}, id="integer-out-of-range"),
+        pytest.param({"session_id": "nul\x00byte"}, id="nul-byte"),
+        pytest.param({"ranking": [{"item_id": "item-0", "score": float("nan")}]}, id="nan-in-json"),
+    ],
+)
+def test_a_bad_row_fails_only_its_own_request(engine: Engine, poison: dict) -> None:
+    """A full batch (256) with one row the database refuses in the middle: that request alone gets a
+    422, the 255 others are committed and answered."""
+    if engine.dialect.name == "sqlite" and "model_version" not in poison:
+        pytest.skip("SQLite stores NUL bytes and NaN in JSON text: only PostgreSQL refuses them")
+    writer = DecisionWriter(engine, max_batch=256)
+    rows = _rows(256)
+    rows[128].update(poison)
+    writer.start()
+    try:
+
+        async def main() -> list[object]:
+            return await asyncio.gather(*(writer.submit(row) for row in rows), return_exceptions=True)
+
+        outcomes = asyncio.run(main())
+    finally:
+        writer.stop()
+    failed = [i for i, outcome in enumerate(outcomes) if outcome is not None]
+    assert failed == [128]
+    assert isinstance(outcomes[128], InvalidInputError)
+    assert outcomes[128].message.startswith("the database cannot store a value of this request")
+    with engine.connect() as conn:
+        stored = set(conn.scalars(select(Decision.event_id)))
+    assert stored == {row["event_id"] for i, row in enumerate(rows) if i != 128}
+    assert writer.rows == 255
