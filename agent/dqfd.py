@@ -33,7 +33,9 @@ from agent.losses import (
     td_targets,
 )
 from agent.networks import DuelingQNetwork, flatten_parameters
+from agent.numerics import flush_denormals, flush_subnormal_values
 from agent.optim import adam_step, make_adam
+from agent.progress import progress_bar
 from agent.replay import PrioritizedReplay
 from agent.types import Batch, LossInfo
 
@@ -95,6 +97,11 @@ class DQfDAgent:
         """Hard copies of the online network into the target network so far."""
         self.n_observed = 0
         """Agent transitions passed to :meth:`observe`."""
+        self.flush_denormals = True
+        """Run each update with subnormal floats flushed to zero on the calling thread, its previous mode
+        restored after (agent/numerics.py). Without it the weights of dead ReLU units decay into the
+        subnormal range under J_L2 and Adam, and updates slow down on CPUs that handle subnormals slowly.
+        False only to measure that (benchmarks/pretrain_rate.py); not saved in checkpoints."""
 
     # ------------------------------------------------------------------ data
     def add_demonstrations(
@@ -193,8 +200,13 @@ class DQfDAgent:
         J(Q) = J_DQ + λ1·J_n + λ2·J_E + λ3·J_L2 ([DQfD] Eq. 3), the TD and margin terms weighted per
         sample by the importance-sampling weights of prioritized replay. The gradient is the one autograd
         would give (tests/agent/test_dqfd.py checks it), written out: dJ/dQ per sample, then
-        :meth:`DuelingQNetwork.backward_q` (see agent/networks.py for why).
+        :meth:`DuelingQNetwork.backward_q` (see agent/networks.py for why). It runs with subnormals
+        flushed to zero on this thread (:attr:`flush_denormals`).
         """
+        with flush_denormals(self.flush_denormals):
+            return self._learn(batch)
+
+    def _learn(self, batch: Batch) -> tuple[LossInfo, np.ndarray]:
         cfg = self.config
         size = batch.states.shape[0]
         with torch.no_grad():
@@ -236,6 +248,10 @@ class DQfDAgent:
                 # As torch.nn.utils.clip_grad_norm_: scale the whole gradient to norm ≤ max_grad_norm.
                 grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))
         adam_step(self.optimizer)
+        if self.flush_denormals and torch.get_num_threads() > 1 and self.device.type == "cpu":
+            # Intra-op worker threads do not flush (agent/numerics.py): clear what they left in the state.
+            state = self.optimizer.state[self._flat]
+            flush_subnormal_values([self._flat.data, self._flat.grad, state["exp_avg"], state["exp_avg_sq"]])
         self.n_updates += 1
         if self.n_updates % cfg.target_update_period == 0:
             self.sync_target()
@@ -284,7 +300,8 @@ class DQfDAgent:
 
         Args:
             steps: number of updates (``config.pretrain_steps``, the paper's 750,000, when omitted).
-            progress: show a tqdm progress bar.
+            progress: show progress on stderr: a tqdm bar on a terminal; in a log file or a pipe, a plain
+                line every tenth of the updates or 30 s (agent/progress.py).
             callback: called every ``log_every`` updates with the mean loss components since its last call.
             log_every: reporting interval (default: 1/100 of ``steps``).
 
@@ -300,9 +317,7 @@ class DQfDAgent:
         log_every = max(1, steps // 100) if log_every is None else max(1, int(log_every))
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, desc="pretraining", unit="update")
+            bar = progress_bar(steps, "pretraining", unit="update")
         history: list[dict[str, float]] = []
         window: list[dict[str, float]] = []
         started = time.perf_counter()

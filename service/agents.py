@@ -34,11 +34,18 @@ def config_dict(config: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
-def new_agent(settings: Settings, n_actions: int) -> Any:
-    """A fresh DQfD agent for the configured state dimension and ``n_actions`` items."""
+def new_agent(settings: Settings, n_actions: int, state_dim: int | None = None) -> Any:
+    """A fresh DQfD agent for ``state_dim`` features (default: ``DQFD_STATE_DIM``; the trainer passes the
+    width resolved by :func:`service.shape.resolve_state_dim`) and ``n_actions`` items."""
     from agent import DQfDAgent
 
-    return DQfDAgent(settings.state_dim, n_actions, config=agent_config(settings), seed=settings.seed)
+    dim = settings.state_dim if state_dim is None else state_dim
+    if dim is None:
+        from service.errors import StateWidthUnknownError
+        from service.shape import UNKNOWN
+
+        raise StateWidthUnknownError(UNKNOWN, field="state_dim")
+    return DQfDAgent(dim, n_actions, config=agent_config(settings), seed=settings.seed)
 
 
 def agent_to_bytes(agent: Any) -> bytes:

@@ -66,36 +66,101 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "t", "yes", "y"}
-    return bool(value)
+TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+
+
+def parse_bool(value: Any) -> bool | None:
+    """``value`` as a boolean (true/false, t/f, yes/no, y/n, 1/0, any case), or None when it is none
+    of these (an empty cell included): callers report that instead of guessing."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().lower()
+    return True if text in TRUE else False if text in FALSE else None
+
+
+def describe_cell(value: Any, limit: int = 40) -> str:
+    """A cell's value for an error message: quoted and shortened, or "an empty cell"."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "an empty cell"
+    try:
+        if not isinstance(value, str) and bool(pd.isna(value)):
+            return "an empty cell"
+    except (TypeError, ValueError):
+        pass
+    text = str(value) if not isinstance(value, np.ndarray) else str(value.tolist())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _read_items(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidInputError(f"no such file: {source}", field="items")
+    try:
+        return pd.read_csv(path, dtype={"item_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{source}: not a readable CSV file ({exc})", field="items") from exc
 
 
 def import_items(session: Session, source: str | Path | pd.DataFrame) -> int:
     """Append the items of ``source`` (items.csv: ``item_id``, ``active``, extra columns kept as attributes).
 
     Action index = row order after the items already stored; ids already stored are updated in place
-    (their ``active`` flag and attributes), so re-importing the same file is harmless.
+    (their ``active`` flag and attributes), so re-importing the same file is harmless. ``active`` must be
+    a boolean (true/false, yes/no, 1/0); without the column every item is active. Errors name the row
+    (data rows counted from 1) and the column, and nothing of the file is applied.
     """
-    frame = source if isinstance(source, pd.DataFrame) else pd.read_csv(source, dtype={"item_id": str})
+    frame = _read_items(source)
     if "item_id" not in frame.columns:
         raise InvalidInputError("the catalogue needs an item_id column", field="item_id")
-    if frame["item_id"].duplicated().any():
-        raise InvalidInputError("duplicate item ids in the catalogue", field="item_id")
+    ids = frame["item_id"]
+    empty = ids.isna().to_numpy() | (ids.astype(str).str.strip() == "").to_numpy()
+    if empty.any():
+        row = int(np.argmax(empty)) + 1
+        raise InvalidInputError(
+            f"row {row}, column item_id: an empty cell: every item needs an id", field="item_id"
+        )
+    long = (ids.astype(str).str.len() > 255).to_numpy()
+    if long.any():
+        row = int(np.argmax(long)) + 1
+        raise InvalidInputError(f"row {row}, column item_id: longer than 255 characters", field="item_id")
+    repeated = ids.duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.argmax(repeated))
+        first = int(np.argmax((ids == ids.iloc[row]).to_numpy()))
+        raise InvalidInputError(
+            f"row {row + 1}, column item_id: {ids.iloc[row]!r} is also row {first + 1} (each item once)",
+            field="item_id",
+        )
+    if "active" in frame.columns:
+        active = [parse_bool(v) for v in frame["active"].tolist()]
+        if None in active:
+            row = active.index(None)
+            raise InvalidInputError(
+                f"row {row + 1}, column active: {describe_cell(frame['active'].iloc[row])} is not a boolean "
+                "(use true/false)",
+                field="active",
+            )
+    else:
+        active = [True] * len(frame)
     extra = [c for c in frame.columns if c not in {"item_id", "active"}]
     existing = {item.item_id: item for item in session.scalars(select(Item))}
     next_index = session.scalar(select(func.coalesce(func.max(Item.action_index), -1))) + 1
     added = 0
-    for record in frame.to_dict("records"):
+    for record, is_active in zip(frame.to_dict("records"), active, strict=True):
         item_id = str(record["item_id"])
-        active = _as_bool(record.get("active", True))
         attributes = {c: _plain(record[c]) for c in extra if pd.notna(record[c])} or None
         if item_id in existing:
-            existing[item_id].active = active
+            existing[item_id].active = bool(is_active)
             existing[item_id].attributes = attributes
             continue
-        session.add(Item(action_index=next_index, item_id=item_id, active=active, attributes=attributes))
+        session.add(
+            Item(action_index=next_index, item_id=item_id, active=bool(is_active), attributes=attributes)
+        )
         next_index += 1
         added += 1
     session.flush()

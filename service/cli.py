@@ -1,4 +1,10 @@
-"""Command line: ``python -m service migrate|import|pretrain|serve|worker|status|quickstart``."""
+"""Command line: ``python -m service migrate|import|pretrain|serve|worker|status|quickstart``.
+
+Every expected failure is one line on stderr, ``error: ...``, naming the file row and column, the
+setting or the command to run first, and exits with status 2 (an unexpected one: status 1, with its
+type); ``--debug`` shows the Python traceback instead. Each command names the database it uses once
+(``database: ...``; ``status`` has it in its JSON).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,58 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from service.settings import Settings
 
+EXIT_ERROR = 2
+EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130
+
+_database_url: str | None = None  # the database of the running command, for error messages
+
+
+def _env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return "DATABASE_URL" if field == "database_url" else f"DQFD_{field.upper()}"
+
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The settings (``--database-url`` wins over DATABASE_URL), with a relative SQLite path resolved
+    against the project (:func:`service.db.resolve_database_url`); a bad value names its variable."""
+    from pydantic import ValidationError
+
+    from service.db import resolve_database_url
+    from service.errors import InvalidInputError
+
     if getattr(args, "database_url", None):
         os.environ["DATABASE_URL"] = args.database_url
-    return Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = _env_name(str(first["loc"][0])) if first.get("loc") else "settings"
+        value = first.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+        raise InvalidInputError(f"{name}: {first['msg']}{shown}", field=name) from exc
+    settings.database_url = resolve_database_url(settings.database_url)
+    global _database_url
+    _database_url = settings.database_url
+    return settings
+
+
+def _announce(settings: Settings) -> None:
+    """Say which database the command uses (its password hidden)."""
+    from service.db import display_url
+
+    print(f"database: {display_url(settings.database_url)}", flush=True)
+
+
+def _require_schema(settings: Settings) -> None:
+    """The database exists and is migrated to the newest revision, else: run ``migrate`` first."""
+    from service import migrate
+
+    migrate.require_current(settings.database_url)
 
 
 def _migrate_and_bootstrap(settings: Settings) -> None:
@@ -41,37 +91,78 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from service import migrate
 
     settings = _settings(args)
+    _announce(settings)
     _migrate_and_bootstrap(settings)
     print(f"database at revision {migrate.current(settings.database_url)}")
     return 0
 
 
+def _existing_file(path: str, what: str) -> str:
+    from service.errors import InvalidInputError
+
+    if not Path(path).exists():
+        raise InvalidInputError(f"{what}: no such file: {path}", field=what)
+    if not Path(path).is_file():
+        raise InvalidInputError(f"{what}: not a file: {path}", field=what)
+    return path
+
+
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import a catalogue and/or logged interactions."""
+    """Import a catalogue and/or logged interactions (each all or nothing)."""
     from service.catalogue import import_items
     from service.db import make_engine, make_session_factory, session_scope
-    from service.importer import import_logs
+    from service.errors import InvalidInputError
+    from service.importer import import_logs_report
 
+    if not args.items and not args.logs:
+        raise InvalidInputError("nothing to import: name a logs file (LOGS) and/or --items items.csv")
+    items = _existing_file(args.items, "--items") if args.items else None
+    logs = _existing_file(args.logs, "LOGS") if args.logs else None
     settings = _settings(args)
+    _announce(settings)
+    _require_schema(settings)
     engine = make_engine(settings.database_url)
     try:
-        if args.items:
+        if items:
             with session_scope(make_session_factory(engine)) as session:
-                added = import_items(session, args.items)
+                added = _in_file(items, lambda: import_items(session, items))
             print(f"catalogue: {added} new items")
-        if args.logs:
-            rows = import_logs(
-                engine,
-                args.logs,
-                settings.state_dim,
-                args.chunk_rows,
-                args.create_items,
-                progress=not args.quiet,
+        if logs:
+            report = _in_file(
+                logs,
+                lambda: import_logs_report(
+                    engine,
+                    logs,
+                    settings.state_dim,  # None: learned from the file
+                    args.chunk_rows,
+                    args.create_items,
+                    progress=not args.quiet,
+                ),
             )
-            print(f"logged interactions: {rows} rows imported")
+            created = (
+                f", {report.items_created} new items added to the catalogue" if report.items_created else ""
+            )
+            skipped = f", {report.skipped} already imported (skipped)" if report.skipped else ""
+            print(
+                f"logged interactions: {report.imported} rows imported{skipped}{created}"
+                + (f" (states of {report.state_dim} features)" if report.rows else "")
+            )
     finally:
         engine.dispose()
     return 0
+
+
+def _in_file(path: str, run):  # type: ignore[no-untyped-def]
+    """``run()``, with an error's message prefixed by the file it is about (unless it names it)."""
+    from service.errors import ServiceError
+
+    try:
+        return run()
+    except ServiceError as exc:
+        if path not in exc.message:
+            exc.message = f"{path}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -80,8 +171,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from service.trainer import Trainer
 
     settings = _settings(args)
+    _announce(settings)
+    _require_schema(settings)
     engine = make_engine(settings.database_url)
     try:
+        _require_data(engine)
         trainer = Trainer(settings, engine, make_session_factory(engine))
         steps = settings.pretrain_steps if args.steps is None else args.steps
         version = trainer.run_job_now("pretrain", {"steps": steps, "activate": not args.no_activate})
@@ -89,6 +183,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def _require_data(engine) -> None:  # type: ignore[no-untyped-def]
+    """A catalogue and logged interactions to pretrain on, else what to import."""
+    from sqlalchemy import func, select
+
+    from service.errors import InvalidInputError
+    from service.models import Item, LoggedInteraction
+
+    with engine.connect() as conn:
+        if not conn.scalar(select(func.count()).select_from(Item)):
+            raise InvalidInputError(
+                "the catalogue is empty: import it first (python -m service import --items items.csv)",
+                field="items",
+            )
+        if conn.scalar(select(LoggedInteraction.id).limit(1)) is None:
+            raise InvalidInputError(
+                "no logged interactions to pretrain on: import them first "
+                "(python -m service import logs.csv)",
+                field="logs",
+            )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -102,7 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.host = args.host
     if args.port:
         settings.port = args.port
-    if not args.no_migrate:
+    _announce(settings)
+    if args.no_migrate:
+        _require_schema(settings)
+    else:
         _migrate_and_bootstrap(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
@@ -114,7 +232,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.trainer import Trainer
 
     settings = _settings(args)
-    if not args.no_migrate:
+    _announce(settings)
+    if args.no_migrate:
+        _require_schema(settings)
+    else:
         _migrate_and_bootstrap(settings)
     engine = make_engine(settings.database_url)
     trainer = Trainer(settings, engine, make_session_factory(engine))
@@ -130,20 +251,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the schema revision and the database counts as JSON."""
-    from service import migrate
-    from service.db import make_engine, make_session_factory
+    from service.db import display_url, make_engine, make_session_factory
     from service.stats import database_stats
 
     settings = _settings(args)
-    revision = migrate.current(settings.database_url)
-    out: dict = {"database_url": settings.database_url, "revision": revision}
-    if revision is not None:
-        engine = make_engine(settings.database_url)
-        try:
-            with make_session_factory(engine)() as session:
-                out.update(database_stats(session))
-        finally:
-            engine.dispose()
+    _require_schema(settings)
+    from service import migrate
+
+    out: dict = {"database_url": display_url(settings.database_url)}
+    out["revision"] = migrate.current(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            out.update(database_stats(session))
+    finally:
+        engine.dispose()
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -159,10 +281,27 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart.serve(settings, check=args.check, port=args.port)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--database-url", help="overrides DATABASE_URL")
+    parser = argparse.ArgumentParser(
+        prog="python -m service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url",
+        help="overrides DATABASE_URL (default sqlite:///data/service.db: a relative SQLite path is "
+        "relative to the project folder, not to the working directory)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="alembic upgrade head").set_defaults(func=cmd_migrate)
@@ -171,12 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("logs", nargs="?", help="logged interactions file (.csv or .parquet)")
     p.add_argument("--items", help="catalogue file items.csv (imported first)")
     p.add_argument("--create-items", action="store_true", help="append unknown item ids to the catalogue")
-    p.add_argument("--chunk-rows", type=int, default=50_000)
+    p.add_argument("--chunk-rows", type=_positive, default=50_000, help="rows read per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("pretrain", help="pretrain on the demonstrations, save a model version")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=_positive)
     p.add_argument("--no-activate", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
@@ -202,20 +341,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """The one line an error is reported as (without the ``error: `` prefix) and the exit status."""
+    from sqlalchemy.exc import DBAPIError
+
+    from service.db import DatabaseUrlError
+    from service.errors import ServiceError, StateWidthError
+    from service.migrate import MIGRATE_HINT
+
+    if isinstance(exc, ServiceError):
+        message = exc.message
+        plain = isinstance(exc, StateWidthError | DatabaseUrlError) or message.startswith(("row ", "rows "))
+        if exc.field and exc.field != "path" and not plain and exc.field not in message:
+            message = f"{exc.field}: {message}"
+        return message, EXIT_ERROR
+    if isinstance(exc, DBAPIError):
+        from service.db import display_url
+
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if "no such table" in detail or sqlstate == "42P01":  # the schema is missing
+            return f"the database has no tables yet ({detail}): {MIGRATE_HINT}", EXIT_ERROR
+        where = f" {display_url(_database_url)}" if _database_url else ""
+        return (
+            f"DATABASE_URL: cannot use the database{where}: {detail} (check the URL, and "
+            "that the server is running and answers)",
+            EXIT_ERROR,
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}", EXIT_ERROR
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{text} ({type(exc).__name__}; run with --debug for the traceback)", EXIT_UNEXPECTED
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the subcommand."""
+    """Parse ``argv`` and run the subcommand; errors are one line (``--debug``: the traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic.runtime.plugins", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    from service.errors import ServiceError
-
     try:
         return int(args.func(args) or 0)
-    except ServiceError as exc:  # bad input files etc.: a clear message, not a traceback
-        where = f" (field {exc.field})" if exc.field else ""
-        print(f"error{where}: {exc.message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        line, status = describe_error(exc)
+        print("error: " + " ".join(line.split()), file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

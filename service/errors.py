@@ -6,6 +6,10 @@ from __future__ import annotations
 class ServiceError(Exception):
     """Base class of errors the service reports to callers."""
 
+    #: Whether the same request can succeed later without anyone changing anything: a 503 carries
+    #: ``Retry-After`` only when it is.
+    retryable: bool = True
+
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -28,5 +32,32 @@ class NoModelError(ServiceError):
     """No model is loaded yet, so no action can be served (→ 503 with Retry-After)."""
 
 
+class ModelUnservableError(NoModelError):
+    """A model exists but cannot serve: its state width disagrees with the imported logs or with
+    ``DQFD_STATE_DIM`` (→ 503 without Retry-After: someone has to retrain or fix the setting)."""
+
+    retryable = False
+
+
+class StateWidthError(ServiceError):
+    """The state width is unknown, or two of its sources (the settings, the imported logs, a file, a
+    model) disagree; the message names both and the fix."""
+
+    retryable = False
+
+
+class StateWidthMismatchError(StateWidthError, ConflictError):
+    """Two sources of the state width disagree (→ 409 where it reaches HTTP)."""
+
+
+class StateWidthUnknownError(StateWidthError):
+    """No width is set (``DQFD_STATE_DIM``) and none is recorded yet (no logs imported)."""
+
+
 class UnavailableError(ServiceError):
     """A dependency (the database) does not answer (→ 503 with Retry-After)."""
+
+
+# Short names (the importer may use either).
+StateWidthMismatch = StateWidthMismatchError
+StateWidthUnknown = StateWidthUnknownError

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from service.db import PROJECT_ROOT, display_url, resolve_database_url, sqlite_path
+from service.errors import ServiceError
+
+ROOT = PROJECT_ROOT
+"""The folder of alembic.ini and migrations/: the source checkout, or the working directory of a plain
+install (see :data:`service.db.PROJECT_ROOT`)."""
+
+MIGRATE_HINT = "run `python -m service migrate` first"
 
 
-def _root() -> Path:
-    # The source checkout (editable install, or `python -m service` from it); a non-editable install
-    # run elsewhere finds alembic.ini and migrations/ in the working directory.
-    source = Path(__file__).resolve().parent.parent
-    return source if (source / "alembic.ini").exists() else Path.cwd()
-
-
-ROOT = _root()
+class NotMigratedError(ServiceError):
+    """The database has no tables, or an older schema, than this version of the service needs."""
 
 
 def alembic_config(url: str) -> Config:
@@ -23,13 +27,18 @@ def alembic_config(url: str) -> Config:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
     # ConfigParser interpolation: a literal % in a password must be doubled.
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", resolve_database_url(url).replace("%", "%%"))
     return config
 
 
 def upgrade(url: str, revision: str = "head") -> None:
     """``alembic upgrade head`` against ``url``."""
     command.upgrade(alembic_config(url), revision)
+
+
+def head(url: str) -> str | None:
+    """The newest revision of the migrations (what ``upgrade`` brings a database to)."""
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
 def current(url: str) -> str | None:
@@ -39,8 +48,31 @@ def current(url: str) -> str | None:
     from service.db import make_engine
 
     engine = make_engine(url)
+    chatty = logging.getLogger("alembic.runtime.migration")
+    level = chatty.level
+    chatty.setLevel(max(level, logging.WARNING))  # "Context impl SQLiteImpl." on every command is noise
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
+        chatty.setLevel(level)
         engine.dispose()
+
+
+def require_current(url: str) -> str:
+    """The database's revision when it is the newest; else :class:`NotMigratedError` saying to migrate.
+
+    A missing SQLite file is reported without creating it."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise NotMigratedError(f"no database at {path} (DATABASE_URL={display_url(url)}): {MIGRATE_HINT}")
+    revision = current(url)
+    if revision is None:
+        raise NotMigratedError(f"the database {display_url(url)} has no tables yet: {MIGRATE_HINT}")
+    newest = head(url)
+    if revision != newest:
+        raise NotMigratedError(
+            f"the database {display_url(url)} is at schema revision {revision}, this version of the service "
+            f"needs {newest}: run `python -m service migrate`"
+        )
+    return revision

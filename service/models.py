@@ -164,3 +164,17 @@ class TrainingJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ServiceMeta(Base):
+    """Facts the service learned from the data, one key/value row each (migration 0002).
+
+    ``state_dim``: the state width of the imported logs (the number of float32 features);
+    ``state_dim_source``: where it was learned from (the first file imported, for error messages).
+    Read and written through :mod:`service.shape`.
+    """
+
+    __tablename__ = "service_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)

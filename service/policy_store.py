@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from service import shape
 from service.catalogue import Catalogue
-from service.errors import NoModelError
+from service.errors import ModelUnservableError, NoModelError
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,31 @@ class PolicyStore:
     """Holds the serving policy. Readers take one reference (no lock); writers swap the whole object.
 
     A model that fails to load or does not fit the catalogue is rejected and the old one keeps
-    serving. The HTTP layer only talks to this class, never to torch.
+    serving. A model whose state width disagrees with the imported logs or ``DQFD_STATE_DIM`` is
+    rejected (and dropped when the width changes under it): ``problem`` then says which two disagree
+    and how to fix it, and :meth:`require` answers with it (a 503 that retrying does not fix).
+    The HTTP layer only talks to this class, never to torch.
     """
 
-    def __init__(self, state_dim: int) -> None:
-        self.state_dim = state_dim
+    def __init__(self, state_dim: int | None = None) -> None:
+        # DQFD_STATE_DIM as configured (None: learned from the logs); the poller sets ``width``.
+        self.configured_state_dim = state_dim
+        self.width = (
+            shape.StateWidth(None)
+            if state_dim is None
+            else shape.StateWidth(state_dim, f"{shape.SETTING}={state_dim}")
+        )
         self._policy: ServingPolicy | None = None
         self._catalogue: Catalogue | None = None
         self._write_lock = threading.Lock()
         self.last_error: str | None = None
+        self.problem: str | None = None
+        """Why no model serves when waiting will not help (a state-width disagreement), else None."""
+
+    @property
+    def state_dim(self) -> int | None:
+        """The state width a model must have (None: not known yet, any width is accepted)."""
+        return self.width.dim
 
     @property
     def policy(self) -> ServingPolicy | None:
@@ -57,8 +74,31 @@ class PolicyStore:
         """The current policy, or NoModelError (→ 503 Retry-After) when there is none yet."""
         policy = self._policy
         if policy is None:
+            problem = self.problem
+            if problem is not None:
+                raise ModelUnservableError(problem)
             raise NoModelError("no model has been trained yet; retry shortly")
         return policy
+
+    def set_width(self, width: shape.StateWidth) -> None:
+        """The state width models must have now (the poller, from the database and the settings).
+
+        A served policy of another width is dropped, and a disagreement becomes ``problem``.
+        """
+        with self._write_lock:
+            changed = width != self.width
+            self.width = width
+            policy = self._policy
+            if policy is not None:
+                problem = shape.model_problem(policy.model_version, policy.network.state_dim, width)
+                if problem is not None:
+                    self._policy = None
+                    self.problem = self.last_error = problem
+                    log.error("stopped serving: %s", problem)
+            elif width.problem is not None:
+                self.problem = width.problem
+            elif changed:
+                self.problem = None  # the poller loads the active version again against the new width
 
     def publish(self, network: Any, model_version: int, revision: int = 0) -> bool:
         """Swap in ``network`` if it fits the state dimension and catalogue; False keeps the old one."""
@@ -67,15 +107,22 @@ class PolicyStore:
             if catalogue is None:
                 self.last_error = "no catalogue loaded"
                 return False
-            if network.state_dim != self.state_dim or network.n_actions != catalogue.n_actions:
+            problem = shape.model_problem(model_version, network.state_dim, self.width)
+            if problem is not None:
+                if self._policy is None:
+                    self.problem = problem
+                self.last_error = problem
+                log.error("rejected model: %s", problem)
+                return False
+            if network.n_actions != catalogue.n_actions:
                 self.last_error = (
-                    f"model version {model_version} has shape ({network.state_dim}, {network.n_actions}); "
-                    f"the service needs ({self.state_dim}, {catalogue.n_actions})"
+                    f"model version {model_version} has {network.n_actions} actions; "
+                    f"the catalogue has {catalogue.n_actions} items"
                 )
                 log.error("rejected model: %s", self.last_error)
                 return False
             self._policy = ServingPolicy(network, catalogue, model_version, revision)
-            self.last_error = None
+            self.last_error = self.problem = None
             return True
 
     def load_checkpoint(self, checkpoint: bytes, model_version: int) -> bool:

@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import registry
+from service import registry, shape
 from service.catalogue import load_catalogue
 from service.policy_store import PolicyStore
 
@@ -15,14 +15,16 @@ log = logging.getLogger(__name__)
 
 
 class ModelPoller:
-    """Every ``interval`` seconds: refresh the catalogue, load a newly activated version off the request
-    path. A version that fails to load is remembered so it is not retried in a loop."""
+    """Every ``interval`` seconds: refresh the catalogue and the state width, load a newly activated
+    version off the request path. A version that fails to load is remembered (with the width it was
+    checked against) so it is not retried in a loop; a change of the width tries it again."""
 
     def __init__(self, store: PolicyStore, sessions: sessionmaker[Session], interval: float) -> None:
         self.store = store
         self.sessions = sessions
         self.interval = interval
         self.failed_version: int | None = None
+        self._failed_width: shape.StateWidth | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,9 +40,12 @@ class ModelPoller:
                 or not (current.active == catalogue.active).all()
             ):
                 self.store.set_catalogue(catalogue)
+            # DQFD_STATE_DIM against the imported logs' width: a policy of another width stops serving.
+            width = shape.serving_width(self.store.configured_state_dim, session)
+            self.store.set_width(width)
             active = registry.active_version_number(session)
             policy = self.store.policy
-            if active is None or active == self.failed_version:
+            if active is None or (active == self.failed_version and width == self._failed_width):
                 return
             if policy is not None and policy.model_version == active:
                 return
@@ -48,7 +53,7 @@ class ModelPoller:
         if self.store.load_checkpoint(checkpoint, active):
             log.info("serving model version %s", active)
         else:
-            self.failed_version = active
+            self.failed_version, self._failed_width = active, width
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -38,14 +38,14 @@ def example_logs(settings: Settings, n_sessions: int, n_items: int, seed: int) -
         from simulator.logs import items_frame
 
         config = SimulatorConfig()
-        if config.obs_dim == settings.state_dim:
+        if settings.state_dim in (None, config.obs_dim):  # unset: the width is learned at import
             frame = simulator_logs("expert", n_sessions, seed, config)
             return frame, items_frame(generate_catalogue(config)), "project simulator (expert policy)"
     except ImportError:  # not installed: fall back to the small generator
         pass
     from service.synthetic import generate_logs, make_items
 
-    frame = generate_logs(n_sessions, settings.state_dim, n_items, seed=seed)
+    frame = generate_logs(n_sessions, settings.state_dim or 17, n_items, seed=seed)  # 17: the simulator's
     return frame, make_items(n_items), "synthetic logger"
 
 
@@ -67,7 +67,7 @@ def prepare(settings: Settings, n_sessions: int = 300, n_items: int = 20, seed: 
                 with session_scope(sessions) as session:
                     import_items(session, items)
             print(f"==> no logged interactions yet: importing {len(frame)} example rows from the {origin}")
-            import_logs(engine, frame, settings.state_dim, progress=True)
+            import_logs(engine, frame, settings.state_dim or len(frame["state"].iloc[0]), progress=True)
         elif catalogue.n_actions == 0:
             raise SystemExit("logged interactions exist but the catalogue is empty: import items first")
         with sessions() as session:
@@ -114,8 +114,11 @@ def serve(settings: Settings, check: bool = False, port: int | None = None) -> i
     if port is None:
         port = free_port(host) if check else settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
-    example_state = "[" + ", ".join(["0.1"] * settings.state_dim) + "]"
-    print(CURL_HELP.format(host=host, port=port, dim=settings.state_dim, state=example_state), flush=True)
+    from service.shape import state_dim_for
+
+    dim = state_dim_for(settings)  # DQFD_STATE_DIM or the imported logs' width
+    example_state = "[" + ", ".join(["0.1"] * dim) + "]"
+    print(CURL_HELP.format(host=host, port=port, dim=dim, state=example_state), flush=True)
     if not check:
         server.run()
         return 0
@@ -127,7 +130,7 @@ def serve(settings: Settings, check: bool = False, port: int | None = None) -> i
             raise SystemExit("the server did not start")
         time.sleep(0.05)
     try:
-        result = round_trip(f"http://{host}:{port}", settings.state_dim)
+        result = round_trip(f"http://{host}:{port}", dim)
         print(
             f"check: /act chose {result['act']['item_id']} (model version {result['act']['model_version']}), "
             f"/feedback {result['feedback']['status']}"

@@ -82,7 +82,10 @@ def choose(
     its allowed items are all actions, and the result is the one the masked path would give.
     """
     if len(state) != state_dim:
-        raise InvalidInputError(f"state must have {state_dim} values, got {len(state)}", field="state")
+        raise InvalidInputError(
+            f"state must have {state_dim} values (the served model's state width), got {len(state)}",
+            field="state",
+        )
     vector = np.asarray(state, dtype=np.float32)
     if not np.isfinite(vector).all():
         raise InvalidInputError("state must contain only finite numbers", field="state")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,9 +23,11 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = 10
 
-    # Problem shape.
-    # 17 = the observation length of the project simulator's default config (2 · n_topics + 7).
-    state_dim: int = Field(default=17, ge=1)
+    # Problem shape. The state width is learned from the imported logs (service.shape stores it in the
+    # database); DQFD_STATE_DIM, when set, must agree with it (and is the width before any import).
+    state_dim: int | None = Field(
+        default=None, ge=1, description="state features; None = learned from the imported logs"
+    )
     items_path: str | None = Field(default=None, description="items.csv imported when the catalogue is empty")
 
     # DQfD hyperparameters: anything not given keeps the paper default of agent.DQfDConfig.
@@ -66,6 +68,12 @@ class Settings(BaseSettings):
     role: Literal["all", "api", "worker"] = "all"
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @field_validator("state_dim", mode="before")
+    @classmethod
+    def _blank_state_dim_is_unset(cls, value: Any) -> Any:
+        # `DQFD_STATE_DIM=` (e.g. from a compose file's ${DQFD_STATE_DIM:-}) means "learn it".
+        return None if isinstance(value, str) and not value.strip() else value
 
     def agent_config_overrides(self) -> dict[str, Any]:
         """The DQfDConfig fields these settings override (the rest stay at the paper defaults)."""

@@ -14,10 +14,11 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from service import agents, jobs, registry
+from service import agents, jobs, registry, shape
 from service.catalogue import Catalogue, load_catalogue
 from service.db import session_scope
 from service.demos import count_demonstrations, iter_demonstrations
+from service.errors import ModelUnservableError
 from service.models import LiveTransition, TrainingJob, utcnow
 from service.policy_store import PolicyStore
 from service.progress import progress_bar
@@ -244,9 +245,7 @@ class Trainer:
         if n and hasattr(replay, "reserve_demonstrations"):
             replay.reserve_demonstrations(n)
         loaded = 0
-        chunks = iter_demonstrations(
-            self.engine, catalogue, self.settings.state_dim, self.settings.demo_chunk_rows
-        )
+        chunks = iter_demonstrations(self.engine, catalogue, agent.state_dim, self.settings.demo_chunk_rows)
         try:
             for demos in chunks:
                 if should_stop is not None and should_stop():
@@ -337,7 +336,9 @@ class Trainer:
                 raise JobInterruptedError(jobs.INTERRUPTED_ERROR)
             if bar is not None:
                 bar.update(step - last_step[0])
-                bar.set_postfix({k: f"{v:.3g}" for k, v in _losses(losses).items() if k in LOSS_KEYS})
+                bar.set_postfix(
+                    {k: f"{v:.3g}" for k, v in _losses(losses).items() if k in LOSS_KEYS}, refresh=False
+                )
             last_step[0] = step
             now = time.monotonic()
             if now - last_write[0] < 0.5 and step < steps:
@@ -361,9 +362,11 @@ class Trainer:
         activate = bool(params.get("activate", job.kind == "pretrain"))
         with self.sessions() as session:
             catalogue = load_catalogue(session)
-        if catalogue.n_actions == 0:
-            raise RuntimeError("the catalogue is empty: import items first")
-        agent = agents.new_agent(self.settings, catalogue.n_actions)
+            if catalogue.n_actions == 0:
+                raise RuntimeError("the catalogue is empty: import items first")
+            # DQFD_STATE_DIM or the logs' width; a disagreement is a one-line StateWidthMismatchError.
+            state_dim = shape.resolve_state_dim(self.settings, session)
+        agent = agents.new_agent(self.settings, catalogue.n_actions, state_dim)
         filled = self._fill_buffers(agent, catalogue, self._stop.is_set)
         if filled.demonstrations == 0 and filled.live == 0:
             raise RuntimeError("no demonstrations and no live data to learn from")
@@ -395,7 +398,7 @@ class Trainer:
                 version = registry.save_version(
                     session,
                     checkpoint=checkpoint,
-                    state_dim=self.settings.state_dim,
+                    state_dim=state_dim,
                     n_actions=catalogue.n_actions,
                     config=agents.config_dict(agent.config),
                     metrics=metrics,
@@ -488,12 +491,17 @@ class Trainer:
         with self.sessions() as session:
             checkpoint = registry.load_checkpoint(session, active)
             catalogue = load_catalogue(session)
+            width = shape.serving_width(self.settings.state_dim, session)
         try:
             agent = agents.agent_from_bytes(checkpoint)
         except Exception:
             # Keep learning from the current agent; serving keeps its policy too (see ModelPoller).
             self._failed_version = active
             raise
+        problem = shape.model_problem(active, int(agent.state_dim), width)
+        if problem is not None:  # its replay could not hold these logs; serving refuses it too
+            self._failed_version = active
+            raise ModelUnservableError(problem)
         filled = self._fill_buffers(agent, catalogue)
         self._adopt(agent, catalogue, active, filled)
         log.info("trainer now learns from model version %s", active)
@@ -545,7 +553,7 @@ class Trainer:
                 version = registry.save_version(
                     session,
                     checkpoint=checkpoint,
-                    state_dim=self.settings.state_dim,
+                    state_dim=int(self.agent.state_dim),
                     n_actions=self.catalogue.n_actions,
                     config=agents.config_dict(self.agent.config),
                     metrics={**self.last_losses, "live_transitions": int(live_total or 0)},

@@ -74,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
-        headers = {"Retry-After": RETRY_AFTER_S} if code == 503 else None
+        headers = {"Retry-After": RETRY_AFTER_S} if code == 503 and exc.retryable else None
         return JSONResponse(_body(request, exc), status_code=code, headers=headers)
 
     @app.exception_handler(OperationalError)

@@ -27,7 +27,10 @@ ERRORS = {
     404: {"description": "unknown event_id"},
     409: {"description": "conflicting reward, or the reward window has closed"},
     422: {"description": "invalid field (the body names it)"},
-    503: {"description": "no model yet or database unavailable (Retry-After)"},
+    503: {
+        "description": "no model yet or database unavailable (Retry-After); or the model's state width "
+        "disagrees with the logs or DQFD_STATE_DIM (no Retry-After: the body says what to fix)"
+    },
 }
 TAGS: list[str] = ["serving"]
 
@@ -38,7 +41,8 @@ async def act(body: ActRequest, request: Request) -> Response:
     policy = state.store.require()
     settings = state.settings
     epsilon = settings.epsilon if body.explore is not False else 0.0
-    args = (policy, body.state, settings.state_dim, body.candidates, body.exclude, body.k, epsilon)
+    # The served model's width: the store only serves a model that fits the logs and DQFD_STATE_DIM.
+    args = (policy, body.state, policy.network.state_dim, body.candidates, body.exclude, body.k, epsilon)
     if policy.catalogue.n_actions <= INLINE_MAX_ACTIONS:
         choice = choose(*args)  # tens of microseconds: cheaper than a threadpool hop
     else:

@@ -93,3 +93,24 @@ def test_quickstart_check_honours_port(
     out = capsys.readouterr().out
     assert "check: OK" in out
     assert f"http://127.0.0.1:{port}/act" in out
+
+
+def test_a_job_progress_bar_does_not_flood_a_log(
+    seeded: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr is not a terminal here (as in a container's log): the bar of a 200-step pretrain writes
+    its first and last state, not one line per refresh (the loss postfix must not force a redraw)."""
+    from service.db import make_engine, make_session_factory
+    from service.trainer import Trainer
+
+    engine = make_engine(seeded.database_url)
+    try:
+        Trainer(seeded, engine, make_session_factory(engine)).run_job_now(
+            "pretrain", {"steps": 200, "activate": True}, progress=True
+        )
+    finally:
+        engine.dispose()
+    err = capsys.readouterr().err
+    redraws = [part for part in err.replace("\r", "\n").split("\n") if part.startswith("pretrain (job")]
+    assert 1 <= len(redraws) <= 4, redraws
+    assert "200/200" in redraws[-1]
