@@ -18,6 +18,7 @@ from agent.config import DQfDConfig
 from agent.demonstrations import Episode
 from agent.dqfd import DQfDAgent
 from agent.inference import NumpyQNetwork
+from agent.validation import validate_transitions
 
-__all__ = ["DQfDAgent", "DQfDConfig", "Episode", "NumpyQNetwork"]
+__all__ = ["DQfDAgent", "DQfDConfig", "Episode", "NumpyQNetwork", "validate_transitions"]
 __version__ = "0.1.0"

@@ -105,6 +105,22 @@ class DQfDConfig:
     device: str = "cpu"
     """Torch device of the networks."""
 
+    # ---- defence against poisoned data (not in the paper; docs/algorithm.md) -----------------------------
+    max_abs_state: float | None = None
+    """Largest |feature| of a state the replay accepts: a demonstration row or an observed transition whose
+    state or next state has a feature beyond it is rejected (:mod:`agent.validation`). None: any value
+    that is finite as a float32. Choice, not in the paper: a service that takes states from clients sets
+    it, since a finite but huge state (3·10^38) overflows the network and stays in the replay."""
+
+    max_abs_reward: float | None = None
+    """Largest |reward| the replay accepts, as :attr:`max_abs_state`. None: any reward that is finite as a
+    float32 (10^308 is not). Choice, not in the paper; a service sets it."""
+
+    diverged_after_skipped_updates: int = 100
+    """:attr:`DQfDAgent.diverged` turns true after this many consecutive updates were skipped for a
+    non-finite loss or gradient. Choice: each skip quarantines the rows that caused it, so a learner that
+    still skips 100 updates in a row is stuck."""
+
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
         checks: list[tuple[bool, str]] = [
@@ -125,6 +141,9 @@ class DQfDConfig:
             (self.pretrain_steps >= 0, "pretrain_steps must be >= 0"),
             (len(self.hidden_sizes) >= 1 and min(self.hidden_sizes) >= 1, "hidden_sizes must be positive"),
             (0.0 <= self.epsilon <= 1.0, "epsilon must be in [0, 1]"),
+            (self.max_abs_state is None or self.max_abs_state > 0.0, "max_abs_state must be > 0 or None"),
+            (self.max_abs_reward is None or self.max_abs_reward > 0.0, "max_abs_reward must be > 0 or None"),
+            (self.diverged_after_skipped_updates >= 1, "diverged_after_skipped_updates must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,6 +12,8 @@ Algorithm 1 of the paper, in two phases:
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,11 +40,17 @@ from agent.optim import adam_step, make_adam
 from agent.progress import progress_bar
 from agent.replay import PrioritizedReplay
 from agent.types import Batch, LossInfo
+from agent.validation import state_problem, transition_problem, validate_transitions
 
 CHECKPOINT_FORMAT = "dqfd-agent"
 CHECKPOINT_VERSION = 2
 """2: Adam's state is that of the one flat parameter tensor; version 1 (one state per weight tensor, in
 ``online.parameters()`` order) still loads: its states are concatenated in that order."""
+
+SKIP_WARNING_INTERVAL_S = 60.0
+"""At most one warning per this many seconds about skipped updates (each says how many since the last)."""
+
+log = logging.getLogger(__name__)
 
 PretrainCallback = Callable[[int, dict[str, float]], None]
 """Called as ``callback(updates_done, mean_losses_since_last_call)`` during :meth:`DQfDAgent.pretrain`."""
@@ -97,6 +105,15 @@ class DQfDAgent:
         """Hard copies of the online network into the target network so far."""
         self.n_observed = 0
         """Agent transitions passed to :meth:`observe`."""
+        self.n_skipped_updates = 0
+        """Updates not applied because their loss or gradient was not finite (:meth:`learn`); saved in
+        checkpoints."""
+        self.consecutive_skipped_updates = 0
+        """Skipped updates since the last applied one (drives :attr:`diverged`; not saved)."""
+        self.n_rejected_rows = 0
+        """Demonstration rows left out by ``add_demonstrations(..., skip_invalid=True)`` (not saved)."""
+        self._last_skip_warning: float | None = None
+        self._skips_since_warning = 0
         self.flush_denormals = True
         """Run each update with subnormal floats flushed to zero on the calling thread, its previous mode
         restored after (agent/numerics.py). Without it the weights of dead ReLU units decay into the
@@ -112,6 +129,7 @@ class DQfDAgent:
         dones: np.ndarray,
         episode_ids: np.ndarray | None = None,
         masks: np.ndarray | None = None,
+        skip_invalid: bool = False,
     ) -> int:
         """Add demonstration rows to the permanent part of the replay; returns the transitions added.
 
@@ -119,15 +137,62 @@ class DQfDAgent:
         the following row of the same episode. Without ``episode_ids`` an episode ends after each
         ``done`` row. A last row without ``done`` (the log stops mid-session) keeps only its state, as the
         bootstrap state of the row before it. ``masks`` (N, n_actions) marks the allowed actions.
+
+        A row whose state or reward is not finite as a float32, or is beyond ``config.max_abs_state`` /
+        ``config.max_abs_reward``, raises ``ValueError`` naming the row and the field, and nothing is
+        added. With ``skip_invalid=True`` such rows are left out instead and counted in
+        :attr:`n_rejected_rows`; each one cuts its episode there, as a log that stopped (the rows before
+        it end in a state-only slot: no n-step window crosses it). :meth:`validate_transitions` gives the
+        mask of the rows that would be kept, for a caller that reports or quarantines the others.
         """
-        demos = layout_arrays(
-            states, actions, rewards, dones, episode_ids, masks, self.state_dim, self.n_actions
+        cfg = self.config
+        layout = layout_arrays(
+            states,
+            actions,
+            rewards,
+            dones,
+            episode_ids,
+            masks,
+            self.state_dim,
+            self.n_actions,
+            cfg.max_abs_state,
+            cfg.max_abs_reward,
+            skip_invalid,
+        )
+        added = self.replay.add_demonstrations(layout.demonstrations)
+        self.n_rejected_rows += layout.rejected
+        return added
+
+    def add_demonstration_episodes(self, episodes: list[Episode]) -> int:
+        """Add whole :class:`~agent.demonstrations.Episode` objects; returns the transitions added. An
+        invalid state or reward raises ``ValueError`` (as :meth:`add_demonstrations`)."""
+        cfg = self.config
+        demos = layout_episodes(
+            episodes, self.state_dim, self.n_actions, cfg.max_abs_state, cfg.max_abs_reward
         )
         return self.replay.add_demonstrations(demos)
 
-    def add_demonstration_episodes(self, episodes: list[Episode]) -> int:
-        """Add whole :class:`~agent.demonstrations.Episode` objects; returns the transitions added."""
-        return self.replay.add_demonstrations(layout_episodes(episodes, self.state_dim, self.n_actions))
+    def validate_transitions(
+        self, states: np.ndarray, rewards: np.ndarray, next_states: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Mask of the rows that may enter the replay, bool (N,): state, reward and (when given) next state
+        finite as float32 and within ``config.max_abs_state`` / ``config.max_abs_reward``.
+
+        For demonstration rows (``next_states`` omitted: the next state is the following row's state)
+        the False rows are exactly those ``add_demonstrations(..., skip_invalid=True)`` rejects; for live
+        transitions (``next_states`` given), those :meth:`observe` refuses.
+        """
+        states = np.asarray(states)
+        if states.ndim != 2 or states.shape[1] != self.state_dim:
+            raise ValueError(f"states must have shape (N, {self.state_dim}), got {states.shape}")
+        cfg = self.config
+        return validate_transitions(
+            states,
+            rewards,
+            next_states,
+            max_abs_state=cfg.max_abs_state,
+            max_abs_reward=cfg.max_abs_reward,
+        )
 
     def clear_demonstrations(self) -> None:
         """Remove every demonstration (agent data stays)."""
@@ -142,6 +207,23 @@ class DQfDAgent:
     def n_agent_transitions(self) -> int:
         """Agent transitions currently in the replay (at most ``config.replay_capacity``)."""
         return self.replay.agent_count
+
+    @property
+    def n_quarantined(self) -> int:
+        """Replay transitions never drawn again because they made an update non-finite (not saved)."""
+        return self.replay.n_quarantined
+
+    @property
+    def diverged(self) -> bool:
+        """Whether this learner is stuck: the last ``config.diverged_after_skipped_updates`` updates were
+        all skipped, or a weight of either network or Adam's state is not finite (only possible in a
+        checkpoint written before the update checked its gradient). Costs one pass over the weights."""
+        if self.consecutive_skipped_updates >= self.config.diverged_after_skipped_updates:
+            return True
+        tensors = [self._flat.data, *self.target.parameters()]
+        state = self.optimizer.state.get(self._flat, {})
+        tensors += [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state]
+        return not all(bool(torch.isfinite(t).all()) for t in tensors)
 
     def observe(
         self,
@@ -161,13 +243,24 @@ class DQfDAgent:
             mask / next_mask: allowed actions at ``state`` / ``next_state``.
             truncated: the episode stops at ``next_state`` without terminating (a time limit): the next
                 call starts a new episode, and ``next_state`` is still bootstrapped from.
+
+        Raises:
+            ValueError: a state, next state or reward that is not finite as a float32 or is beyond
+                ``config.max_abs_state`` / ``config.max_abs_reward`` (the message starts with the field:
+                ``state:``, ``reward:`` or ``next_state:``), a wrong shape, action or mask. Nothing is
+                stored then, and the next call cannot continue the episode across the rejected one (it
+                starts a new episode unless its state is the pending last state).
         """
-        state = self._state(state)
-        next_state = self._state(next_state)
+        state = self._state(state, "state")
+        next_state = self._state(next_state, "next_state")
         if not 0 <= int(action) < self.n_actions:
             raise ValueError(f"action must be in [0, {self.n_actions})")
-        if not np.isfinite(reward):
-            raise ValueError("reward must be finite")
+        cfg = self.config
+        problem = transition_problem(
+            state, reward, next_state, max_abs_state=cfg.max_abs_state, max_abs_reward=cfg.max_abs_reward
+        )
+        if problem is not None:
+            raise ValueError(problem)
         self.replay.add_agent_transition(
             state,
             int(action),
@@ -202,6 +295,14 @@ class DQfDAgent:
         would give (tests/agent/test_dqfd.py checks it), written out: dJ/dQ per sample, then
         :meth:`DuelingQNetwork.backward_q` (see agent/networks.py for why). It runs with subnormals
         flushed to zero on this thread (:attr:`flush_denormals`).
+
+        An update whose loss or gradient norm is not finite is skipped: the weights, Adam's state, the
+        target network and :attr:`n_updates` stay as they were, :attr:`n_skipped_updates` counts it, a
+        warning is logged (at most one per ``SKIP_WARNING_INTERVAL_S``) and ``info.skipped`` is 1. The
+        rows of the batch that made it non-finite get |δ| = NaN, which quarantines them in
+        :meth:`PrioritizedReplay.update_priority`; the loss components are then those of the other rows.
+        A finite gradient norm bounds every squared gradient entry, so Adam's moments and the weights
+        stay finite: with this check the weights cannot become NaN or infinite.
         """
         with flush_denormals(self.flush_denormals):
             return self._learn(batch)
@@ -244,24 +345,33 @@ class DQfDAgent:
             flat, grad = self._flat, self._flat.grad
             j_l2 = cfg.lambda_l2 * flat.dot(flat)
             grad.add_(flat, alpha=2.0 * cfg.lambda_l2)
+            # The norm is finite only if every entry and every squared entry is: the one check Adam needs.
+            grad_norm = grad.norm()
             if cfg.max_grad_norm is not None:
                 # As torch.nn.utils.clip_grad_norm_: scale the whole gradient to norm ≤ max_grad_norm.
-                grad.mul_((cfg.max_grad_norm / (grad.norm() + 1e-6)).clamp_(max=1.0))
+                grad.mul_((cfg.max_grad_norm / (grad_norm + 1e-6)).clamp_(max=1.0))
+
+            abs_td = (target_1 - q_taken).abs()
+            # Every reported scalar, and the gradient norm, from one reduction and one conversion to Python.
+            sums = torch.stack(
+                [batch.weights * per_sample, j_dq, j_n, j_e, q_taken, batch.is_demo.to(q.dtype)]
+            ).sum(dim=1)
+            values = torch.cat([sums, j_l2.reshape(1), grad_norm.reshape(1)]).tolist()
+        if not all(map(math.isfinite, values)):
+            rows = _poisoned_rows(q, q_taken, target_1, target_n, per_sample, grad_q, activations)
+            return self._skip_update(batch, rows, q_taken, j_dq, j_n, j_e, per_sample, abs_td, values)
+
         adam_step(self.optimizer)
         if self.flush_denormals and torch.get_num_threads() > 1 and self.device.type == "cpu":
             # Intra-op worker threads do not flush (agent/numerics.py): clear what they left in the state.
             state = self.optimizer.state[self._flat]
             flush_subnormal_values([self._flat.data, self._flat.grad, state["exp_avg"], state["exp_avg_sq"]])
         self.n_updates += 1
+        self.consecutive_skipped_updates = 0
         if self.n_updates % cfg.target_update_period == 0:
             self.sync_target()
 
-        abs_td = (target_1 - q_taken).abs()
-        # Every reported scalar from one reduction and one conversion to Python.
-        sums = torch.stack(
-            [batch.weights * per_sample, j_dq, j_n, j_e, q_taken, batch.is_demo.to(q.dtype)]
-        ).sum(dim=1)
-        weighted, sum_dq, sum_n, sum_e, sum_q, n_demo, l2 = torch.cat([sums, j_l2.reshape(1)]).tolist()
+        weighted, sum_dq, sum_n, sum_e, sum_q, n_demo, l2, _ = values
         info = LossInfo(
             loss=weighted / size + l2,
             j_dq=sum_dq / size,
@@ -273,6 +383,59 @@ class DQfDAgent:
         )
         return info, abs_td.cpu().numpy()
 
+    def _skip_update(
+        self,
+        batch: Batch,
+        rows: torch.Tensor,
+        q_taken: torch.Tensor,
+        j_dq: torch.Tensor,
+        j_n: torch.Tensor,
+        j_e: torch.Tensor,
+        per_sample: torch.Tensor,
+        abs_td: torch.Tensor,
+        values: list[float],
+    ) -> tuple[LossInfo, np.ndarray]:
+        """Count and report an update that is not applied; |δ| is NaN on ``rows`` (to quarantine them) and
+        the loss components are those of the other rows, in float64 (finite)."""
+        self.n_skipped_updates += 1
+        self.consecutive_skipped_updates += 1
+        self._skips_since_warning += 1
+        now = time.monotonic()
+        if self._last_skip_warning is None or now - self._last_skip_warning >= SKIP_WARNING_INTERVAL_S:
+            reason = "gradient norm" if all(map(math.isfinite, values[:-1])) else "loss"
+            log.warning(
+                "DQfD update skipped: non-finite %s; %d batch row(s) quarantined; %d update(s) skipped "
+                "since the last warning, %d in all",
+                reason,
+                int(rows.sum()),
+                self._skips_since_warning,
+                self.n_skipped_updates,
+            )
+            self._last_skip_warning = now
+            self._skips_since_warning = 0
+        with torch.no_grad():
+            good = ~rows
+            demo = batch.is_demo & good
+            count = max(1, int(good.sum()))
+
+            def total(x: torch.Tensor, where: torch.Tensor) -> float:
+                return float(torch.where(where, x.double(), 0.0).sum())
+
+            l2 = values[-2]
+            info = LossInfo(
+                loss=total(batch.weights.double() * per_sample.double(), good) / count + l2,
+                j_dq=total(j_dq, good) / count,
+                j_n=total(j_n, good) / count,
+                j_e=total(j_e, demo) / max(1, int(demo.sum())),
+                j_l2=l2,
+                demo_fraction=float(batch.is_demo.double().mean()),
+                mean_q=total(q_taken, good) / count,
+                skipped=1.0,
+            )
+            td = abs_td.double().cpu().numpy()
+        td[rows.cpu().numpy()] = np.nan
+        return info, td
+
     def sync_target(self) -> None:
         """Hard copy of the online network into the target network."""
         self.target.load_state_dict(self.online.state_dict())
@@ -282,7 +445,8 @@ class DQfDAgent:
         """Sample, update, re-prioritize: one update of the online phase; returns the loss components.
 
         The priority of each sampled transition becomes |δ| + ε with δ its one-step TD error before the
-        update ([PER] Alg. 1 line 12) and ε by its own part (ε_d or ε_a).
+        update ([PER] Alg. 1 line 12) and ε by its own part (ε_d or ε_a). ``skipped`` is 1.0 when the
+        update was not applied (:meth:`learn`); the rows that made it non-finite are then quarantined.
         """
         batch = self.sample(demo_only)
         info, abs_td = self.learn(batch)
@@ -322,8 +486,10 @@ class DQfDAgent:
         window: list[dict[str, float]] = []
         started = time.perf_counter()
         for step in range(1, steps + 1):
-            window.append(self.train_step(demo_only=True))
-            self.n_pretrain_updates += 1
+            losses = self.train_step(demo_only=True)
+            window.append(losses)
+            if not losses["skipped"]:
+                self.n_pretrain_updates += 1
             if step % log_every == 0 or step == steps:
                 means = {key: float(np.mean([w[key] for w in window])) for key in window[0]}
                 history.append({"step": float(step), **means})
@@ -394,6 +560,7 @@ class DQfDAgent:
                 "n_pretrain_updates": self.n_pretrain_updates,
                 "n_target_syncs": self.n_target_syncs,
                 "n_observed": self.n_observed,
+                "n_skipped_updates": self.n_skipped_updates,
             },
         }
         torch.save(checkpoint, destination)
@@ -417,17 +584,19 @@ class DQfDAgent:
         if version == 1:
             optimizer_state = _flat_adam_state(optimizer_state)
         agent.optimizer.load_state_dict(optimizer_state)
-        for name, value in checkpoint["counters"].items():
+        for name, value in checkpoint["counters"].items():  # older checkpoints lack n_skipped_updates: 0
             setattr(agent, name, int(value))
         return agent
 
     # ------------------------------------------------------------------ helpers
-    def _state(self, state: np.ndarray) -> np.ndarray:
-        array = np.asarray(state, dtype=np.float32).reshape(-1)
+    def _state(self, state: np.ndarray, name: str = "state") -> np.ndarray:
+        with np.errstate(over="ignore"):
+            array = np.asarray(state, dtype=np.float32).reshape(-1)
         if array.shape[0] != self.state_dim:
-            raise ValueError(f"state must have {self.state_dim} features, got {array.shape[0]}")
-        if not np.isfinite(array).all():
-            raise ValueError("state contains NaN or infinite values")
+            raise ValueError(f"{name} must have {self.state_dim} features, got {array.shape[0]}")
+        problem = state_problem(array, name)
+        if problem is not None:
+            raise ValueError(problem)
         return array
 
     def _mask(self, mask: np.ndarray | None) -> np.ndarray | None:
@@ -453,3 +622,36 @@ def _flat_adam_state(state_dict: dict[str, Any]) -> dict[str, Any]:
         "exp_avg_sq": torch.cat([s["exp_avg_sq"].reshape(-1) for s in states]),
     }
     return {"state": {0: flat}, "param_groups": groups}
+
+
+def _poisoned_rows(
+    q: torch.Tensor,
+    q_taken: torch.Tensor,
+    target_1: torch.Tensor,
+    target_n: torch.Tensor,
+    per_sample: torch.Tensor,
+    grad_q: torch.Tensor,
+    activations: list[torch.Tensor],
+) -> torch.Tensor:
+    """The rows of a batch that made its update non-finite, bool (B,); at least one.
+
+    With finite weights a row's Q-values, targets, TD errors and per-sample loss depend only on its own
+    data, so a non-finite one marks the row. When every per-row value is finite but the summed loss or
+    the gradient norm overflowed, the row with the largest bound on its gradient contribution is marked:
+    row i adds ``g_i,l ⊗ x_i,l`` to each layer's weight gradient, with ‖g_i,l‖ at most ‖dJ/dQ_i‖ times a
+    product of weight norms common to every row, so ‖dJ/dQ_i‖ · (1 + max_l ‖x_i,l‖) orders the rows.
+    """
+    size = q_taken.shape[0]
+    finite = (
+        torch.isfinite(q).all(dim=1)
+        & torch.isfinite(target_1 - q_taken)
+        & torch.isfinite(target_n - q_taken)
+        & torch.isfinite(per_sample)
+        & torch.isfinite(grad_q).all(dim=1)
+    )
+    rows = ~finite
+    if not rows.any():
+        inputs = torch.stack([x[:size].double().norm(dim=1) for x in activations]).amax(dim=0)
+        bound = grad_q.double().norm(dim=1) * (1.0 + inputs)
+        rows[int(torch.nan_to_num(bound, nan=np.inf).argmax())] = True
+    return rows

@@ -33,6 +33,14 @@ from agent.types import Batch
 DEMO_INDEX_LIMIT = 1 << 40
 """Agent-part indices are offset by this constant; demonstrations can never reach it."""
 
+MAX_PRIORITY = 1e100
+"""Cap on p^α: the sum of 2^41 such leaves is still a finite float64. Never reached with float32 TD
+errors at α ≤ 2.5; with a larger α it keeps the tree finite."""
+
+REDRAWS = 16
+"""Redraws, a little further inside, of sampled prefixes that ended on a zero leaf, before the tree is
+rebuilt exactly; one rounding step at a boundary needs one."""
+
 
 class Demonstrations(NamedTuple):
     """Validated demonstration episodes laid out slot by slot (see :mod:`agent.nstep`)."""
@@ -79,7 +87,10 @@ class PrioritizedReplay:
         self.agent_pending = False
         """The newest agent slot is a state-only slot whose state the next observation may continue."""
         self.max_abs_td = 1.0
-        """Largest |δ| seen so far; new transitions enter with priority max|δ| + ε ([PER] Alg. 1 line 6)."""
+        """Largest finite |δ| seen so far; new transitions enter with priority max|δ| + ε ([PER] Alg. 1
+        line 6)."""
+        self.n_quarantined = 0
+        """Transitions given priority 0 for a non-finite TD error (:meth:`update_priority`)."""
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -93,7 +104,8 @@ class PrioritizedReplay:
 
     # ------------------------------------------------------------------ priorities
     def _insertion_priority(self, bonus: float) -> float:
-        return float((self.max_abs_td + bonus) ** self.alpha)
+        with np.errstate(over="ignore"):
+            return float(min(np.float64(self.max_abs_td + bonus) ** self.alpha, MAX_PRIORITY))
 
     # ------------------------------------------------------------------ demonstrations
     def reserve_demonstrations(self, slots: int) -> None:
@@ -191,27 +203,38 @@ class PrioritizedReplay:
         One prefix sum per stratum of equal mass ([PER] Appendix B.2.1). Weights are (N·P(i))^-β,
         normalised by the largest weight in the batch ([PER] Sec. 3.4), where N is the number of
         transitions the batch was drawn from.
+
+        Raises:
+            RuntimeError: nothing to sample (no transitions, or every one quarantined), or the tree's
+                sums are unusable; never loops without end.
         """
-        if demo_only:
-            total = self.tree.prefix_total(self.demo.capacity) if self.demo_count else 0.0
-        else:
-            total = self.tree.total
-        if total <= 0.0:
-            raise RuntimeError(
-                "the replay holds no transitions to sample" + (" from demonstrations" if demo_only else "")
-            )
+        total = self._sampling_total(demo_only)
         prefix = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
-        leaves = self.tree.find(prefix)
-        priorities = self.tree.get(leaves)
-        # A prefix within rounding distance of a boundary can end on a zero leaf, or past the
-        # demonstrations when only they may be drawn: draw those again, a little further inside.
-        bad = (priorities <= 0.0) | (demo_only & (leaves >= self.demo.capacity))
-        shrink = 1.0
-        while bad.any():
-            shrink *= 1.0 - 1e-9
-            leaves[bad] = self.tree.find(prefix[bad] * shrink)
-            priorities[bad] = self.tree.get(leaves[bad])
+        for attempt in range(2):
+            leaves = self.tree.find(prefix)
+            priorities = self.tree.get(leaves)
+            # A prefix within rounding distance of a boundary can end on a zero leaf, or past the
+            # demonstrations when only they may be drawn: draw those again, a little further inside.
             bad = (priorities <= 0.0) | (demo_only & (leaves >= self.demo.capacity))
+            shrink = 1.0
+            for _ in range(REDRAWS):
+                if not bad.any():
+                    break
+                shrink *= 1.0 - 1e-9
+                leaves[bad] = self.tree.find(prefix[bad] * shrink)
+                priorities[bad] = self.tree.get(leaves[bad])
+                bad = (priorities <= 0.0) | (demo_only & (leaves >= self.demo.capacity))
+            if not bad.any():
+                break
+            if attempt == 1:
+                raise RuntimeError(
+                    "the replay's sum tree leads to no positive priority; it cannot be sampled"
+                )
+            # More than rounding at a boundary: the internal sums drifted from the leaves (a very large
+            # priority set back to a small one leaves an absolute error). Rebuild them exactly, rescale.
+            self.tree.rebuild()
+            old_total, total = total, self._sampling_total(demo_only)
+            prefix *= total / old_total
         population = self.demo_count + (0 if demo_only else self.agent_count)
         weights = (population * priorities / total) ** (-beta)
         weights /= weights.max()
@@ -219,14 +242,53 @@ class PrioritizedReplay:
         indices = np.where(is_agent, leaves - self.demo.capacity + DEMO_INDEX_LIMIT, leaves)
         return indices, weights
 
-    def update_priority(self, indices: np.ndarray, abs_td: np.ndarray) -> None:
-        """Set p = |δ| + ε (ε by each transition's own part) for the given indices."""
+    def _sampling_total(self, demo_only: bool) -> float:
+        """Σ p^α over what may be drawn; raises ``RuntimeError`` when it is not positive and finite."""
+        if demo_only:
+            total = self.tree.prefix_total(self.demo.capacity) if self.demo_count else 0.0
+        else:
+            total = self.tree.total
+        if not np.isfinite(total):
+            raise RuntimeError(f"the replay's priority total is {total}; it cannot be sampled")
+        if total <= 0.0:
+            raise RuntimeError(
+                "the replay holds no transitions to sample"
+                + (" from demonstrations" if demo_only else "")
+                + (f" ({self.n_quarantined} quarantined)" if self.n_quarantined else "")
+            )
+        return total
+
+    def update_priority(self, indices: np.ndarray, abs_td: np.ndarray) -> int:
+        """Set p = |δ| + ε (ε by each transition's own part) for the given indices; returns how many
+        transitions were quarantined.
+
+        A non-finite |δ| quarantines its transition: priority 0, never drawn again (a slot of the agent
+        part gets a priority again when new data overwrites it). The agent marks the rows that made an
+        update non-finite that way (:meth:`agent.DQfDAgent.learn`). p^α is capped at ``MAX_PRIORITY``, so
+        no exponent α turns a finite |δ| into an infinite priority.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
         abs_td = np.abs(np.asarray(abs_td, dtype=np.float64))
+        finite = np.isfinite(abs_td)
+        all_finite = bool(finite.all())
+        if not all_finite:
+            abs_td = np.where(finite, abs_td, 0.0)
         if abs_td.size:
             self.max_abs_td = max(self.max_abs_td, float(abs_td.max()))
         is_agent = indices >= DEMO_INDEX_LIMIT
         bonus = np.where(is_agent, self.agent_bonus, self.demo_bonus)
-        self.tree.set(self._leaves(indices), (abs_td + bonus) ** self.alpha)
+        with np.errstate(over="ignore"):
+            priorities = np.minimum((abs_td + bonus) ** self.alpha, MAX_PRIORITY)
+        if all_finite:
+            self.tree.set(self._leaves(indices), priorities)
+            return 0
+        # Quarantined leaves first, so that a duplicate index keeps its 0 (set keeps a leaf's first value).
+        order = np.argsort(finite, kind="stable")
+        self.tree.set(self._leaves(indices[order]), np.where(finite, priorities, 0.0)[order])
+        self.tree.rebuild()  # a large priority set to 0 leaves rounding error in its ancestors
+        quarantined = int(np.unique(indices[~finite]).shape[0])
+        self.n_quarantined += quarantined
+        return quarantined
 
     def priorities(self, indices: np.ndarray) -> np.ndarray:
         """Current p (not p^α) of the given indices."""

@@ -4,6 +4,12 @@ The tree is one flat float64 array in heap order: node 1 is the root, node k has
 leaves live at ``[size, 2·size)`` where ``size`` is the capacity rounded up to a power of two. Every
 operation works on a whole batch of leaves at once with one NumPy call per tree level, so sampling or
 updating B leaves costs O(B · log N) arithmetic in O(log N) NumPy calls, never a Python loop per element.
+
+Leaf values must be finite and non-negative: :meth:`SumTree.set` and :meth:`SumTree.set_all` raise
+``ValueError`` on anything else, where it arises, and :meth:`SumTree.find` raises on a non-finite or
+non-positive total or prefix sum. A NaN in the tree would otherwise make every prefix sum NaN, and a
+caller that redraws until it finds a positive leaf would never stop (docs/algorithm.md, "Defence against
+poisoned data"). Every loop here runs a bounded number of times whatever the values.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class SumTree:
         """
         leaves = np.asarray(leaves, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
+        _check_values(values)
         if leaves.shape[0] > 1:
             leaves, first = np.unique(leaves, return_index=True)
             values = values[first]
@@ -80,6 +87,7 @@ class SumTree:
         values = np.asarray(values, dtype=np.float64)
         if values.shape[0] > self.capacity:
             raise ValueError("more values than capacity")
+        _check_values(values)
         self.tree[:] = 0.0
         self.tree[self.size : self.size + values.shape[0]] = values
         self.rebuild()
@@ -94,8 +102,19 @@ class SumTree:
         Rounding can make a u within a few ulps of a boundary end on a neighbouring leaf, possibly one of
         value 0; callers that must never draw a zero leaf check the values they get (see
         :meth:`agent.replay.PrioritizedReplay.sample_indices`).
+
+        Raises:
+            ValueError: a prefix sum is NaN or infinite.
+            RuntimeError: the total is not a positive finite number (nothing to find).
         """
+        total = self.tree[1]
+        if not 0.0 < total < np.inf:
+            raise RuntimeError(
+                f"cannot search a sum tree whose total is {total} (it must be positive and finite)"
+            )
         u = np.array(prefix, dtype=np.float64, copy=True)
+        if not np.isfinite(u).all():
+            raise ValueError("prefix sums must be finite")
         level = min(self.depth, self.SEARCH_LEVEL)
         first = 1 << level
         cumulative = np.cumsum(self.tree[first : 2 * first])
@@ -121,3 +140,12 @@ class SumTree:
                 total += float(self.tree[node - 1])
             node >>= 1
         return total
+
+
+def _check_values(values: np.ndarray) -> None:
+    """Raise ``ValueError`` unless every value is finite and >= 0 (one pass; NaN fails both tests)."""
+    if not ((values >= 0.0) & (values < np.inf)).all():
+        bad = values[~((values >= 0.0) & (values < np.inf))]
+        raise ValueError(
+            f"sum tree values must be finite and >= 0, got {bad[0]} ({bad.shape[0]} such values)"
+        )

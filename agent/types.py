@@ -63,6 +63,9 @@ class LossInfo(NamedTuple):
     """Fraction of the batch drawn from demonstrations."""
     mean_q: float
     """Mean Q(s, a) of the sampled actions."""
+    skipped: float = 0.0
+    """1.0 when the update was not applied (non-finite loss or gradient); the components are then those of
+    the batch rows that did not cause it."""
 
     def as_dict(self) -> dict[str, float]:
         """The components as a plain dict."""

@@ -130,7 +130,8 @@ def test_backward_q_gives_autograds_parameter_gradients():
 
 def test_train_step_reports_every_loss_component():
     info = agent_with_demos().train_step()
-    assert set(info) == {"loss", "j_dq", "j_n", "j_e", "j_l2", "demo_fraction", "mean_q"}
+    assert set(info) == {"loss", "j_dq", "j_n", "j_e", "j_l2", "demo_fraction", "mean_q", "skipped"}
+    assert info["skipped"] == 0.0
     assert all(np.isfinite(v) for v in info.values())
 
 
@@ -174,7 +175,7 @@ def test_bootstrap_uses_the_mask_of_the_next_state():
     [
         ({"states": np.zeros((3, 2))}, "states must have shape"),
         ({"actions": [0, 4, 1]}, "actions must be in"),
-        ({"rewards": [0.0, np.nan, 0.0]}, "rewards contain NaN"),
+        ({"rewards": [0.0, np.nan, 0.0]}, "row 1: reward: nan is not finite"),
         ({"episode_ids": [0, 1, 0]}, "contiguous"),
         ({"dones": [True, False, False], "episode_ids": [0, 0, 0]}, "not the last row"),
         ({"masks": np.array([[True] * 4, [False] * 4, [True] * 4])}, "at least one action"),
