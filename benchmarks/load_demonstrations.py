@@ -8,8 +8,8 @@ One run on PostgreSQL (a scratch database created on ``--database-url``'s server
 2. the limit: a raw ``COPY ... FROM STDIN`` of the same rows (same columns, states as float32 bytes)
    into a plain table, from arrays already in memory, in both binary (psycopg ``write_row``) and text
    (preformatted buffers) format; the faster one is the limit;
-3. the service path: ``service.importer.import_logs`` (Parquet file → ``logged_interactions``), then
-   ``Trainer``'s buffer fill (``service.demos`` → a ``DQfDAgent``'s demonstration replay) in a fresh
+3. the service path: ``service.ingest.importer.import_logs`` (Parquet file → ``logged_interactions``), then
+   ``Trainer``'s buffer fill (``service.learning.demos`` → a ``DQfDAgent``'s demonstration replay) in a fresh
    subprocess, whose resident-memory growth is sampled every 5 ms.
 
 Targets (docs/issue 4): import + load within 3x of the raw COPY, peak memory of the load under 2x the
@@ -215,10 +215,10 @@ class PeakSampler:
 
 def load_child(url: str, chunk_rows: int) -> dict[str, Any]:
     """Fill a DQfD agent's demonstration replay from the database the way the trainer does."""
-    from service.catalogue import load_catalogue
-    from service.db import make_engine, make_session_factory
+    from service.ingest.catalogue import load_catalogue
+    from service.learning.trainer import Trainer
     from service.settings import Settings
-    from service.trainer import Trainer
+    from service.store.db import make_engine, make_session_factory
 
     settings = Settings(
         _env_file=None,
@@ -232,13 +232,13 @@ def load_child(url: str, chunk_rows: int) -> dict[str, Any]:
     trainer = Trainer(settings, engine, sessions)
     with sessions() as session:
         catalogue = load_catalogue(session)
-    from service.agents import new_agent
+    from service.learning.agents import new_agent
 
     agent = new_agent(settings, catalogue.n_actions)
     baseline = rss_bytes()
     began = time.perf_counter()
     with PeakSampler() as sampler:
-        trainer._fill_buffers(agent, catalogue)
+        trainer.replays.fill(agent, catalogue)
     seconds = time.perf_counter() - began
     engine.dispose()
     return {
@@ -252,10 +252,10 @@ def load_child(url: str, chunk_rows: int) -> dict[str, Any]:
 
 def time_service_path(url: str, parquet: Path, rows: int, chunk_rows: int) -> dict[str, Any]:
     """The importer (timed here), then the load in a subprocess."""
-    from service.catalogue import import_items
-    from service.db import make_engine, make_session_factory, session_scope
-    from service.importer import import_logs
-    from service.synthetic import make_items
+    from service.ingest.catalogue import import_items
+    from service.ingest.importer import import_logs
+    from service.ingest.synthetic import make_items
+    from service.store.db import make_engine, make_session_factory, session_scope
 
     engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:
@@ -301,7 +301,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"binary {r['copy_binary_s']:.2f} s, "
         f"text {r['copy_text_s']:.2f} s; the limit is {r['copy_format']} ({r['copy_s']:.2f} s)",
         "- service path: `import_logs` (Parquet → logged_interactions, COPY) + the trainer's buffer fill "
-        "(`service.demos` → DQfDAgent demonstration replay) in a fresh process",
+        "(`service.learning.demos` → DQfDAgent demonstration replay) in a fresh process",
         f"- {report['platform']}",
         "",
         "| step | seconds | ratio to COPY |",
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not parquet.exists():
         print(f"==> writing {parquet}", flush=True)
         write_parquet(data, parquet)
-    from service import migrate
+    from service.store import migrate
 
     with scratch_database(args.database_url) as url:
         migrate.upgrade(url)

@@ -132,10 +132,10 @@ def service_env(database_url: str, pretrain_steps: int) -> dict[str, str]:
 
 def prepare_model(database_url: str, pretrain_steps: int, n_sessions: int) -> tuple[int, int]:
     """Migrate, import example logs, pretrain; returns (active model version, catalogue size)."""
-    from service.catalogue import load_catalogue
-    from service.db import make_engine, make_session_factory
+    from service.ingest.catalogue import load_catalogue
     from service.quickstart import prepare
     from service.settings import Settings
+    from service.store.db import make_engine, make_session_factory
 
     settings = Settings(
         _env_file=None,
@@ -417,8 +417,8 @@ def event_ids(database_url: str) -> list[str]:
     """Event ids of the stored decisions (the /act run's), in a random order."""
     from sqlalchemy import select
 
-    from service.db import make_engine
-    from service.models import Decision
+    from service.store.db import make_engine
+    from service.store.models import Decision
 
     engine = make_engine(database_url)
     try:

@@ -32,11 +32,11 @@ def _env_name(field: str) -> str:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """The settings (``--database-url`` wins over DATABASE_URL), with a relative SQLite path resolved
-    against the project (:func:`service.db.resolve_database_url`); a bad value names its variable."""
+    against the project (:func:`service.store.db.resolve_database_url`); a bad value names its variable."""
     from pydantic import ValidationError
 
-    from service.db import resolve_database_url
     from service.errors import InvalidInputError
+    from service.store.db import resolve_database_url
 
     if getattr(args, "database_url", None):
         os.environ["DATABASE_URL"] = args.database_url
@@ -56,23 +56,23 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _announce(settings: Settings) -> None:
     """Say which database the command uses (its password hidden)."""
-    from service.db import display_url
+    from service.store.db import display_url
 
     print(f"database: {display_url(settings.database_url)}", flush=True)
 
 
 def _require_schema(settings: Settings) -> None:
     """The database exists and is migrated to the newest revision, else: run ``migrate`` first."""
-    from service import migrate
+    from service.store import migrate
 
     migrate.require_current(settings.database_url)
 
 
 def _migrate_and_bootstrap(settings: Settings) -> None:
     """alembic upgrade head, then the catalogue from DQFD_ITEMS_PATH if the items table is empty."""
-    from service import migrate
-    from service.catalogue import bootstrap_catalogue
-    from service.db import make_engine, make_session_factory, session_scope
+    from service.ingest.catalogue import bootstrap_catalogue
+    from service.store import migrate
+    from service.store.db import make_engine, make_session_factory, session_scope
 
     migrate.upgrade(settings.database_url)
     if settings.items_path:
@@ -88,7 +88,7 @@ def _migrate_and_bootstrap(settings: Settings) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """alembic upgrade head."""
-    from service import migrate
+    from service.store import migrate
 
     settings = _settings(args)
     _announce(settings)
@@ -109,10 +109,10 @@ def _existing_file(path: str, what: str) -> str:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Import a catalogue and/or logged interactions (each all or nothing)."""
-    from service.catalogue import import_items
-    from service.db import make_engine, make_session_factory, session_scope
     from service.errors import InvalidInputError
-    from service.importer import import_logs_report
+    from service.ingest.catalogue import import_items
+    from service.ingest.importer import import_logs_report
+    from service.store.db import make_engine, make_session_factory, session_scope
 
     if not args.items and not args.logs:
         raise InvalidInputError("nothing to import: name a logs file (LOGS) and/or --items items.csv")
@@ -167,8 +167,8 @@ def _in_file(path: str, run):  # type: ignore[no-untyped-def]
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain on the stored demonstrations and save a model version."""
-    from service.db import make_engine, make_session_factory
-    from service.trainer import Trainer
+    from service.learning.trainer import Trainer
+    from service.store.db import make_engine, make_session_factory
 
     settings = _settings(args)
     _announce(settings)
@@ -190,7 +190,7 @@ def _require_data(engine) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import func, select
 
     from service.errors import InvalidInputError
-    from service.models import Item, LoggedInteraction
+    from service.store.models import Item, LoggedInteraction
 
     with engine.connect() as conn:
         if not conn.scalar(select(func.count()).select_from(Item)):
@@ -228,8 +228,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the trainer (jobs + online learning) in this process, for multi-replica deployments."""
-    from service.db import make_engine, make_session_factory
-    from service.trainer import Trainer
+    from service.learning.trainer import Trainer
+    from service.store.db import make_engine, make_session_factory
 
     settings = _settings(args)
     _announce(settings)
@@ -251,12 +251,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the schema revision and the database counts as JSON."""
-    from service.db import display_url, make_engine, make_session_factory
-    from service.stats import database_stats
+    from service.store.db import display_url, make_engine, make_session_factory
+    from service.store.stats import database_stats
 
     settings = _settings(args)
     _require_schema(settings)
-    from service import migrate
+    from service.store import migrate
 
     out: dict = {"database_url": display_url(settings.database_url)}
     out["revision"] = migrate.current(settings.database_url)
@@ -345,9 +345,9 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     """The one line an error is reported as (without the ``error: `` prefix) and the exit status."""
     from sqlalchemy.exc import DBAPIError
 
-    from service.db import DatabaseUrlError
     from service.errors import ServiceError, StateWidthError
-    from service.migrate import MIGRATE_HINT
+    from service.store.db import DatabaseUrlError
+    from service.store.migrate import MIGRATE_HINT
 
     if isinstance(exc, ServiceError):
         message = exc.message
@@ -356,7 +356,7 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
             message = f"{exc.field}: {message}"
         return message, EXIT_ERROR
     if isinstance(exc, DBAPIError):
-        from service.db import display_url
+        from service.store.db import display_url
 
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         sqlstate = getattr(exc.orig, "sqlstate", None)

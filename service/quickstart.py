@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 
-from service import migrate, registry
-from service.catalogue import import_items, load_catalogue
-from service.db import make_engine, make_session_factory, session_scope
-from service.demos import count_demonstrations
-from service.importer import import_logs
+from service.ingest.catalogue import import_items, load_catalogue
+from service.ingest.importer import import_logs
+from service.learning.demos import count_demonstrations
+from service.learning.trainer import Trainer
 from service.settings import Settings
-from service.trainer import Trainer
+from service.store import migrate, registry
+from service.store.db import make_engine, make_session_factory, session_scope
 
 CURL_HELP = """
 The recommender is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)
@@ -43,7 +43,7 @@ def example_logs(settings: Settings, n_sessions: int, n_items: int, seed: int) -
             return frame, items_frame(generate_catalogue(config)), "project simulator (expert policy)"
     except ImportError:  # not installed: fall back to the small generator
         pass
-    from service.synthetic import generate_logs, make_items
+    from service.ingest.synthetic import generate_logs, make_items
 
     frame = generate_logs(n_sessions, settings.state_dim or 17, n_items, seed=seed)  # 17: the simulator's
     return frame, make_items(n_items), "synthetic logger"
@@ -114,7 +114,7 @@ def serve(settings: Settings, check: bool = False, port: int | None = None) -> i
     if port is None:
         port = free_port(host) if check else settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
-    from service.shape import state_dim_for
+    from service.store.shape import state_dim_for
 
     dim = state_dim_for(settings)  # DQFD_STATE_DIM or the imported logs' width
     example_state = "[" + ", ".join(["0.1"] * dim) + "]"

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = 10
 
-    # Problem shape. The state width is learned from the imported logs (service.shape stores it in the
+    # Problem shape. The state width is learned from the imported logs (service.store.shape stores it in the
     # database); DQFD_STATE_DIM, when set, must agree with it (and is the width before any import).
     state_dim: int | None = Field(
         default=None, ge=1, description="state features; None = learned from the imported logs"

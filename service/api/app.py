@@ -13,13 +13,13 @@ from service.api import routes_admin, routes_health, routes_serving
 from service.api.errors import install_error_handlers
 from service.api.limits import MaxBodySizeMiddleware
 from service.api.state import ServiceState
-from service.db import make_engine, make_session_factory
-from service.decision_log import DecisionWriter
-from service.feedback_log import FeedbackWriter
-from service.policy_store import PolicyStore
-from service.poller import ModelPoller
+from service.feedback.feedback_log import FeedbackWriter
+from service.learning.trainer import Trainer
+from service.serving.decision_log import DecisionWriter
+from service.serving.policy_store import PolicyStore
+from service.serving.poller import ModelPoller
 from service.settings import Settings, get_settings
-from service.trainer import Trainer
+from service.store.db import make_engine, make_session_factory
 
 log = logging.getLogger(__name__)
 

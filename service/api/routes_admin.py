@@ -6,11 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, status
 
-from service import jobs, registry
 from service.api.deps import SessionDep, StateDep, require_admin
 from service.api.schemas import JobOut, ModelOut, RetrainRequest
-from service.catalogue import set_item_active
-from service.stats import database_stats
+from service.ingest.catalogue import set_item_active
+from service.store import jobs, registry
+from service.store.stats import database_stats
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 

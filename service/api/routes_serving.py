@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.schemas import ActRequest, ActResponse, FeedbackRequest, FeedbackResponse
 from service.api.state import ServiceState
-from service.feedback_log import FeedbackPost
-from service.serving import choose, decision_row
+from service.feedback.feedback_log import FeedbackPost
+from service.serving.choice import choose, decision_row
 
 # Catalogues up to this size are scored on the event loop; longer ones in the threadpool.
 INLINE_MAX_ACTIONS = 4096

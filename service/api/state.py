@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.decision_log import DecisionWriter
-from service.feedback_log import FeedbackWriter
-from service.policy_store import PolicyStore
-from service.poller import ModelPoller
+from service.feedback.feedback_log import FeedbackWriter
+from service.learning.trainer import Trainer
+from service.serving.decision_log import DecisionWriter
+from service.serving.policy_store import PolicyStore
+from service.serving.poller import ModelPoller
 from service.settings import Settings
-from service.trainer import Trainer
 
 
 @dataclass

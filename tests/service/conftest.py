@@ -20,15 +20,15 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
 
-from service import migrate
-from service.catalogue import import_items
-from service.db import make_engine, make_session_factory, session_scope
-from service.features import encode_state
-from service.importer import import_logs
-from service.models import Base, Decision, utcnow
+from service.ingest.catalogue import import_items
+from service.ingest.importer import import_logs
+from service.ingest.synthetic import generate_logs, make_items
+from service.learning.trainer import Trainer
 from service.settings import Settings
-from service.synthetic import generate_logs, make_items
-from service.trainer import Trainer
+from service.store import migrate
+from service.store.db import make_engine, make_session_factory, session_scope
+from service.store.features import encode_state
+from service.store.models import Base, Decision, utcnow
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 STATE_DIM = 4

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.db import make_engine, make_session_factory
-from service.models import ModelVersion
 from service.settings import Settings
+from service.store.db import make_engine, make_session_factory
+from service.store.models import ModelVersion
 from tests.service.conftest import admin_headers, wait_for
 
 STATE = [0.1, -0.2, 0.3, 0.0]

@@ -100,8 +100,8 @@ def test_a_job_progress_bar_does_not_flood_a_log(
 ) -> None:
     """stderr is not a terminal here (as in a container's log): the bar of a 200-step pretrain writes
     its first and last state, not one line per refresh (the loss postfix must not force a redraw)."""
-    from service.db import make_engine, make_session_factory
-    from service.trainer import Trainer
+    from service.learning.trainer import Trainer
+    from service.store.db import make_engine, make_session_factory
 
     engine = make_engine(seeded.database_url)
     try:

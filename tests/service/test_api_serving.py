@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from service.api.app import create_app
-from service.db import make_engine, make_session_factory
-from service.features import decode_state
-from service.models import Decision, Feedback, Item, utcnow
 from service.settings import Settings
+from service.store.db import make_engine, make_session_factory
+from service.store.features import decode_state
+from service.store.models import Decision, Feedback, Item, utcnow
 from tests.service.conftest import N_ITEMS, STATE_DIM
 
 STATE = [0.1, -0.2, 0.3, 0.0]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import service.serving as serving
+import service.serving.choice as serving
 from agent.inference import NumpyQNetwork
-from service.catalogue import Catalogue
 from service.errors import InvalidInputError
-from service.policy_store import ServingPolicy
-from service.serving import Choice, choose
+from service.ingest.catalogue import Catalogue
+from service.serving.choice import Choice, choose
+from service.serving.policy_store import ServingPolicy
 
 STATE_DIM = 5
 

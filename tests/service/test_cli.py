@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-import service.db
+import service.store.db
 from service.cli import main
-from service.db import resolve_database_url
-from service.migrate import NotMigratedError
-from service.synthetic import generate_logs, make_items
+from service.ingest.synthetic import generate_logs, make_items
+from service.store.db import resolve_database_url
+from service.store.migrate import NotMigratedError
 from tests.service.conftest import PG_URL, STATE_DIM, _postgres_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ def test_the_sqlite_path_is_relative_to_the_project_not_the_cwd(
     assert resolve_database_url("sqlite:///data/service.db") == f"sqlite:///{ROOT / 'data' / 'service.db'}"
     assert resolve_database_url("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     project = tmp_path / "project"
-    monkeypatch.setattr(service.db, "PROJECT_ROOT", project)
+    monkeypatch.setattr(service.store.db, "PROJECT_ROOT", project)
     monkeypatch.setenv("DATABASE_URL", "sqlite:///data/service.db")
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "deeper").mkdir(parents=True)

@@ -19,10 +19,10 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from service.api.app import create_app
-from service.db import is_sqlite, make_engine, make_session_factory
-from service.models import Decision, Feedback
 from service.quickstart import free_port
 from service.settings import Settings
+from service.store.db import is_sqlite, make_engine, make_session_factory
+from service.store.models import Decision, Feedback
 from tests.service.conftest import PG_URL, STATE, insert_decisions, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

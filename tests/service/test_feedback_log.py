@@ -14,12 +14,12 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from service.db import make_engine
 from service.errors import ConflictError, NotFoundError
-from service.feedback import Aggregation, FeedbackResult, record_feedback
-from service.feedback_log import FeedbackPost, FeedbackWriter
-from service.models import Feedback, utcnow
+from service.feedback.feedback_log import FeedbackPost, FeedbackWriter
+from service.feedback.recording import Aggregation, FeedbackResult, record_feedback
 from service.settings import Settings
+from service.store.db import make_engine
+from service.store.models import Feedback, utcnow
 from tests.service.conftest import STATE, insert_decisions
 
 WINDOW_S = 600.0

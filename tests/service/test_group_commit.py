@@ -15,13 +15,14 @@ from sqlalchemy import Engine, create_engine, func, select
 
 from service.api.app import create_app
 from service.api.schemas import ActResponse
-from service.db import make_engine
-from service.decision_log import DecisionWriter
 from service.errors import InvalidInputError, UnavailableError
-from service.group_commit import GroupCommitWriter, WalCheckpoints
-from service.models import Decision
-from service.serving import Choice, decision_row, new_event_id
+from service.serving.choice import Choice, decision_row, new_event_id
+from service.serving.decision_log import DecisionWriter
 from service.settings import Settings
+from service.store.db import make_engine
+from service.store.group_commit import GroupCommitWriter
+from service.store.models import Decision
+from service.store.wal_checkpoints import WalCheckpoints
 from tests.service.conftest import STATE
 
 
@@ -332,7 +333,7 @@ def test_remembered_steps_follow_other_writers(engine: Engine) -> None:
 
 
 def test_remembered_steps_are_used_and_bounded(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.decision_log as decision_log
+    import service.serving.decision_log as decision_log
 
     writer = DecisionWriter(engine)
     writer.commit_batch(_rows(14))

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from service import shape
-from service.catalogue import import_items, load_catalogue
-from service.db import make_engine, make_session_factory, session_scope
 from service.errors import ConflictError, InvalidInputError, StateWidthMismatchError
-from service.importer import import_logs, import_logs_report
-from service.models import Item, LoggedInteraction
+from service.ingest.catalogue import import_items, load_catalogue
+from service.ingest.importer import import_logs, import_logs_report
+from service.ingest.synthetic import generate_logs, make_items
 from service.settings import Settings
-from service.synthetic import generate_logs, make_items
+from service.store import shape
+from service.store.db import make_engine, make_session_factory, session_scope
+from service.store.models import Item, LoggedInteraction
 from tests.service.conftest import N_ITEMS, STATE_DIM
 
 

@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from service.agents import new_agent
-from service.catalogue import import_items, load_catalogue
-from service.db import make_engine, make_session_factory, session_scope
-from service.demos import load_demonstrations
 from service.errors import InvalidInputError
-from service.features import decode_state
-from service.importer import import_logs
-from service.models import Item, LoggedInteraction
+from service.ingest.catalogue import import_items, load_catalogue
+from service.ingest.importer import import_logs
+from service.ingest.synthetic import generate_logs, make_items
+from service.learning.agents import new_agent
+from service.learning.demos import load_demonstrations
 from service.settings import Settings
-from service.synthetic import generate_logs, make_items
+from service.store.db import make_engine, make_session_factory, session_scope
+from service.store.features import decode_state
+from service.store.models import Item, LoggedInteraction
 from tests.service.conftest import N_ITEMS, STATE_DIM
 
 

@@ -7,9 +7,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from service import migrate
-from service.db import make_engine
-from service.models import Base
+from service.store import migrate
+from service.store.db import make_engine
+from service.store.models import Base
 
 
 def test_models_and_migrations_agree(database_url: str) -> None:

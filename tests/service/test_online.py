@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service.api.app import create_app
-from service.db import make_engine, make_session_factory
-from service.features import decode_state
-from service.models import LiveTransition, ModelVersion, utcnow
+from service.feedback.transitions import WINDOW_GRACE_S, build_ready_transitions, to_transition
 from service.settings import Settings
-from service.transitions import WINDOW_GRACE_S, build_ready_transitions, to_transition
+from service.store.db import make_engine, make_session_factory
+from service.store.features import decode_state
+from service.store.models import LiveTransition, ModelVersion, utcnow
 from tests.service.conftest import admin_headers, wait_for
 
 S0, S1, S2 = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [-0.1, -0.2, -0.3, -0.4]

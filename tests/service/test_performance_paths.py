@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-import service.decision_log as decision_log
-from service.catalogue import load_catalogue
-from service.db import make_engine, make_session_factory
-from service.decision_log import DecisionWriter
-from service.demos import iter_demonstrations, load_demonstrations
-from service.models import Decision, Feedback
+import service.serving.decision_log as decision_log
+from service.ingest.catalogue import load_catalogue
+from service.learning.demos import iter_demonstrations, load_demonstrations
+from service.serving.decision_log import DecisionWriter
 from service.settings import Settings
+from service.store.db import make_engine, make_session_factory
+from service.store.models import Decision, Feedback
 from tests.service.conftest import STATE_DIM, LiveServer, seed_database
 
 STATE = [0.1, -0.2, 0.3, 0.0]
@@ -136,7 +136,7 @@ def test_a_failed_batch_is_503_and_nothing_acknowledged_is_lost(
 
 
 def test_writer_stop_commits_what_is_queued(settings: Settings) -> None:
-    from service.serving import Choice, decision_row
+    from service.serving.choice import Choice, decision_row
 
     class Policy:
         model_version, revision = 1, 0
@@ -185,7 +185,7 @@ def test_streamed_demonstrations_match_the_full_load(settings: Settings) -> None
 def test_writer_rows_are_stored_like_orm_rows(settings: Settings) -> None:
     """The writer bypasses SQLAlchemy's statement building: its rows must read back, raw and through
     the ORM, exactly like rows written by ``store_decision`` (e.g. SQLite's DATETIME text format)."""
-    from service.serving import Choice, decision_row, store_decision
+    from service.serving.choice import Choice, decision_row, store_decision
 
     class Policy:
         model_version, revision = 3, 7

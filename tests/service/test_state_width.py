@@ -12,15 +12,17 @@ from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert
 
-from service import agents, cli, migrate, registry, shape
+from service import cli
 from service.api.app import create_app
-from service.catalogue import import_items
-from service.db import make_engine, make_session_factory, session_scope
 from service.errors import StateWidthMismatchError, StateWidthUnknownError
-from service.importer import import_logs
-from service.models import LoggedInteraction
+from service.ingest.catalogue import import_items
+from service.ingest.importer import import_logs
+from service.ingest.synthetic import generate_logs, make_items
+from service.learning import agents
 from service.settings import Settings
-from service.synthetic import generate_logs, make_items
+from service.store import migrate, registry, shape
+from service.store.db import make_engine, make_session_factory, session_scope
+from service.store.models import LoggedInteraction
 from tests.service.conftest import admin_headers, make_settings, wait_for
 
 WIDTH = 5

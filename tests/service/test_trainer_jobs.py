@@ -12,14 +12,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import agents, jobs
-from service.catalogue import Catalogue, load_catalogue
-from service.db import make_engine, make_session_factory, session_scope
-from service.features import encode_state
-from service.models import Decision, Feedback, LiveTransition, ModelVersion, TrainingJob
-from service.policy_store import PolicyStore
+from service.ingest.catalogue import Catalogue, load_catalogue
+from service.learning import agents
+from service.learning.trainer import Trainer
+from service.serving.policy_store import PolicyStore
 from service.settings import Settings
-from service.trainer import Trainer
+from service.store import jobs
+from service.store.db import make_engine, make_session_factory, session_scope
+from service.store.features import encode_state
+from service.store.models import Decision, Feedback, LiveTransition, ModelVersion, TrainingJob
 from tests.service.conftest import wait_for
 
 TIMEOUT = 60.0
@@ -201,7 +202,7 @@ def test_a_job_on_an_empty_catalogue_fails_without_touching_the_agent(
     trainer.step()  # adopts version 1
     old_agent = trainer.agent
     job_id = _queue(sessions, steps=10)
-    monkeypatch.setattr("service.trainer.load_catalogue", lambda session: Catalogue.build([], []))
+    monkeypatch.setattr("service.learning.job_runner.load_catalogue", lambda session: Catalogue.build([], []))
     _feedback(sessions, 2, seed=5)
     trainer.step()  # the job fails; online learning in the same step is unaffected
     job = _job(sessions, job_id)

@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.errors import StateWidthMismatchError, StateWidthUnknownError
-from service.features import FEATURE_DTYPE
-from service.models import LoggedInteraction, ServiceMeta
 from service.settings import Settings
+from service.store.features import FEATURE_DTYPE
+from service.store.models import LoggedInteraction, ServiceMeta
 
 STATE_DIM_KEY = "state_dim"
 STATE_DIM_SOURCE_KEY = "state_dim_source"
@@ -184,7 +184,7 @@ def model_problem(model_version: int, model_dim: int, width: StateWidth) -> str 
 def state_dim_for(settings: Settings) -> int:
     """:func:`resolve_state_dim` on a short-lived connection to ``settings.database_url`` (commands that
     hold no session, e.g. the quickstart printing an example request)."""
-    from service.db import make_engine, make_session_factory
+    from service.store.db import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
     try:

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.errors import NotFoundError
-from service.models import TrainingJob, utcnow
+from service.store.models import TrainingJob, utcnow
 
 ACTIVE_STATUSES = ("queued", "running")
 

@@ -12,8 +12,9 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.errors import InvalidInputError
-from service.models import Item
+from service.errors import InvalidInputError, NotFoundError
+from service.ingest.validation import describe_cell, parse_bool
+from service.store.models import Item
 
 
 @dataclass(frozen=True)
@@ -64,34 +65,6 @@ def load_catalogue(session: Session) -> Catalogue:
 def _plain(value: Any) -> Any:
     # NumPy scalars are not JSON-serialisable.
     return value.item() if hasattr(value, "item") else value
-
-
-TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
-FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
-
-
-def parse_bool(value: Any) -> bool | None:
-    """``value`` as a boolean (true/false, t/f, yes/no, y/n, 1/0, any case), or None when it is none
-    of these (an empty cell included): callers report that instead of guessing."""
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    text = str(value).strip().lower()
-    return True if text in TRUE else False if text in FALSE else None
-
-
-def describe_cell(value: Any, limit: int = 40) -> str:
-    """A cell's value for an error message: quoted and shortened, or "an empty cell"."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return "an empty cell"
-    try:
-        if not isinstance(value, str) and bool(pd.isna(value)):
-            return "an empty cell"
-    except (TypeError, ValueError):
-        pass
-    text = str(value) if not isinstance(value, np.ndarray) else str(value.tolist())
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _read_items(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -169,8 +142,6 @@ def import_items(session: Session, source: str | Path | pd.DataFrame) -> int:
 
 def set_item_active(session: Session, item_id: str, active: bool) -> None:
     """Activate or deactivate one item (a deactivated item is never recommended)."""
-    from service.errors import NotFoundError
-
     item = session.scalar(select(Item).where(Item.item_id == item_id))
     if item is None:
         raise NotFoundError(f"unknown item {item_id!r}", field="item_id")

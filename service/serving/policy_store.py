@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from dataclasses import dataclass
@@ -9,11 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from service import shape
-from service.catalogue import Catalogue
 from service.errors import ModelUnservableError, NoModelError
+from service.ingest.catalogue import Catalogue
+from service.store import shape
 
 log = logging.getLogger(__name__)
+
+
+def decode_checkpoint(checkpoint: bytes) -> Any:
+    """The NumPy Q-network of a model version's checkpoint bytes (what serving evaluates per request)."""
+    from agent.inference import NumpyQNetwork
+
+    return NumpyQNetwork.from_checkpoint(io.BytesIO(checkpoint))
 
 
 @dataclass(frozen=True)
@@ -127,10 +135,8 @@ class PolicyStore:
 
     def load_checkpoint(self, checkpoint: bytes, model_version: int) -> bool:
         """Build a NumPy policy from checkpoint bytes and publish it; a failure keeps the old policy."""
-        from service.agents import numpy_policy_from_bytes
-
         try:
-            network = numpy_policy_from_bytes(checkpoint)
+            network = decode_checkpoint(checkpoint)
         except Exception as exc:  # any corrupt checkpoint must leave serving untouched
             self.last_error = f"model version {model_version} failed to load: {exc!r}"
             log.exception("model version %s failed to load", model_version)

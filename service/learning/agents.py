@@ -1,4 +1,7 @@
-"""The only module of the service that touches the agent library and torch (trainer side)."""
+"""The learner's door to the agent library and torch: building, saving and restoring DQfD agents.
+
+Serving decodes checkpoints itself (:func:`service.serving.policy_store.decode_checkpoint`, NumPy only on
+the request path) and never imports this module."""
 
 from __future__ import annotations
 
@@ -36,13 +39,13 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 def new_agent(settings: Settings, n_actions: int, state_dim: int | None = None) -> Any:
     """A fresh DQfD agent for ``state_dim`` features (default: ``DQFD_STATE_DIM``; the trainer passes the
-    width resolved by :func:`service.shape.resolve_state_dim`) and ``n_actions`` items."""
+    width resolved by :func:`service.store.shape.resolve_state_dim`) and ``n_actions`` items."""
     from agent import DQfDAgent
 
     dim = settings.state_dim if state_dim is None else state_dim
     if dim is None:
         from service.errors import StateWidthUnknownError
-        from service.shape import UNKNOWN
+        from service.store.shape import UNKNOWN
 
         raise StateWidthUnknownError(UNKNOWN, field="state_dim")
     return DQfDAgent(dim, n_actions, config=agent_config(settings), seed=settings.seed)
@@ -62,8 +65,6 @@ def agent_from_bytes(checkpoint: bytes) -> Any:
     return DQfDAgent.load(io.BytesIO(checkpoint))
 
 
-def numpy_policy_from_bytes(checkpoint: bytes) -> Any:
-    """The torch-free NumPy Q-network of a checkpoint, for serving."""
-    from agent.inference import NumpyQNetwork
-
-    return NumpyQNetwork.from_checkpoint(io.BytesIO(checkpoint))
+def float_losses(values: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric entries of an agent's loss report as floats (JSON-able, for job metrics and stats)."""
+    return {k: float(v) for k, v in (values or {}).items() if isinstance(v, int | float)}

@@ -12,9 +12,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from service.errors import InvalidInputError
-from service.features import encode_mask, encode_state
-from service.models import Decision, utcnow
-from service.policy_store import ServingPolicy
+from service.serving.policy_store import ServingPolicy
+from service.store.features import encode_mask, encode_state
+from service.store.models import Decision, utcnow
 
 _rng_local = threading.local()
 
@@ -159,7 +159,7 @@ def store_decision(
 ) -> str:
     """Persist the decision in ``session`` and commit; returns its event id.
 
-    The API writes through :class:`service.decision_log.DecisionWriter` (group commit) instead.
+    The API writes through :class:`service.serving.decision_log.DecisionWriter` (group commit) instead.
     """
     row = decision_row(policy, state, session_id, choice)
     if session_id is not None:

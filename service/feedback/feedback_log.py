@@ -2,15 +2,15 @@
 
 ``/feedback`` enqueues its post and awaits a future. The writer thread takes a batch, reads the batch's
 decisions and their stored feedback with one ``SELECT`` each, judges every post in queue order in
-memory (:func:`service.feedback.judge`, the verdict ``record_feedback`` uses; a later post of the same
-event sees the earlier ones, as if they had been sent one after the other), inserts the new rows with
-one multi-row ``INSERT``, commits, and only then answers each request with its result or its domain
-error (404, 409). One request held a threadpool worker, a session and SQLite's write lock for two
+memory (:func:`service.feedback.recording.judge`, the verdict ``record_feedback`` uses; a later post of
+the same event sees the earlier ones, as if they had been sent one after the other), inserts the new
+rows with one multi-row ``INSERT``, commits, and only then answers each request with its result or its
+domain error (404, 409). One request held a threadpool worker, a session and SQLite's write lock for two
 ``SELECT``s, an ``INSERT`` and a commit; a batch now shares them.
 
 Another process (a replica) may store the same ``(event_id, dedup_key)`` between the reads and the
 insert: the unique constraint then rejects the batch, which is rolled back and re-judged post by post
-with :func:`service.feedback.record_feedback`, so nothing is lost or stored twice.
+with :func:`service.feedback.recording.record_feedback`, so nothing is lost or stored twice.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import ConflictError, NotFoundError
-from service.feedback import (
+from service.feedback.recording import (
     Aggregation,
     FeedbackResult,
     FeedbackRow,
@@ -35,8 +35,9 @@ from service.feedback import (
     record_feedback,
     stored_result,
 )
-from service.group_commit import GroupCommitWriter, MultiRowInsert
-from service.models import Decision, Feedback, utcnow
+from service.store.group_commit import GroupCommitWriter
+from service.store.models import Decision, Feedback, utcnow
+from service.store.multirow_insert import MultiRowInsert
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from service.models import (
+from service.store.models import (
     Decision,
     Feedback,
     Item,

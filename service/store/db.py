@@ -1,4 +1,5 @@
-"""Engine and session factory; the request-scoped session dependency lives in api/deps.py."""
+"""Engine and session factory, the database URL, and what a database error means for a request
+(away → 503, a refused value → 422). The request-scoped session dependency lives in api/deps.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+    StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.errors import InvalidInputError
+from service.errors import InvalidInputError, UnavailableError
 
 EXAMPLE_URLS = "sqlite:///data/service.db or postgresql+psycopg://user:password@host:5432/db"
 
@@ -20,7 +29,7 @@ def _project_root() -> Path:
     """The source checkout (the folder of pyproject.toml and alembic.ini) when the package runs from one
     (editable install, or ``python -m service`` in it); else the working directory (a plain install,
     e.g. the Docker image, run from the folder that holds alembic.ini)."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # service/store/db.py → the checkout
     return source if (source / "alembic.ini").exists() else Path.cwd()
 
 
@@ -137,3 +146,22 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database itself is away (locked, unreachable, pool exhausted) rather
+    than that a statement's values were refused."""
+    if isinstance(exc, OperationalError | PoolTimeout | UnavailableError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def rejected_row(exc: Exception) -> Exception:
+    """The error a request gets when the database refused its row: values it cannot store (a NUL
+    byte, a number out of the column's range) are the client's fault (422); anything else stays as
+    it is."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    if isinstance(exc, DataError) or isinstance(cause, ValueError | OverflowError | TypeError):
+        reason = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
+        return InvalidInputError(f"the database cannot store a value of this request: {reason}")
+    return exc

@@ -6,7 +6,7 @@ only then resolves every waiting future. A response is therefore still sent only
 committed (a 2xx means durable), but the commit and the insert round trips are shared by every request
 that arrived meanwhile, and no request holds a threadpool worker or blocks the event loop while it waits.
 A failed batch fails each of its requests (the database error is re-raised in the handler: 503). The
-queue, thread and settling machinery is :class:`service.group_commit.GroupCommitWriter`.
+queue, thread and settling machinery is :class:`service.store.group_commit.GroupCommitWriter`.
 
 A session's next step is one past the largest stored step. ``max(step)`` reads every stored row of the
 session (no index holds ``step``); the writer therefore remembers, per session, the row count and the
@@ -22,8 +22,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from service.group_commit import GroupCommitWriter, MultiRowInsert
-from service.models import Decision
+from service.store.group_commit import GroupCommitWriter
+from service.store.models import Decision
+from service.store.multirow_insert import MultiRowInsert
 
 COLUMNS = (
     "event_id",

@@ -9,9 +9,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.features import decode_mask, decode_state
-from service.feedback import as_utc
-from service.models import Decision, Feedback, LiveTransition, utcnow
+from service.feedback.recording import as_utc
+from service.store.features import decode_mask, decode_state
+from service.store.models import Decision, Feedback, LiveTransition, utcnow
 
 # Feedback racing the window's end must not be lost: default rewards wait this much longer.
 WINDOW_GRACE_S = 2.0

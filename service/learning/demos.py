@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Engine, func, select
 
-from service.catalogue import Catalogue
-from service.features import decode_states
-from service.models import LoggedInteraction
+from service.ingest.catalogue import Catalogue
+from service.store.features import decode_states
+from service.store.models import LoggedInteraction
 
 
 @dataclass

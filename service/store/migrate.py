@@ -8,12 +8,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from service.db import PROJECT_ROOT, display_url, resolve_database_url, sqlite_path
 from service.errors import ServiceError
+from service.store.db import PROJECT_ROOT, display_url, resolve_database_url, sqlite_path
 
 ROOT = PROJECT_ROOT
 """The folder of alembic.ini and migrations/: the source checkout, or the working directory of a plain
-install (see :data:`service.db.PROJECT_ROOT`)."""
+install (see :data:`service.store.db.PROJECT_ROOT`)."""
 
 MIGRATE_HINT = "run `python -m service migrate` first"
 
@@ -45,7 +45,7 @@ def current(url: str) -> str | None:
     """The revision the database is at, or None for an unmigrated database."""
     from alembic.runtime.migration import MigrationContext
 
-    from service.db import make_engine
+    from service.store.db import make_engine
 
     engine = make_engine(url)
     chatty = logging.getLogger("alembic.runtime.migration")

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.errors import NotFoundError
-from service.models import ModelVersion, utcnow
+from service.store.models import ModelVersion, utcnow
 
 
 def save_version(

@@ -171,7 +171,7 @@ class ServiceMeta(Base):
 
     ``state_dim``: the state width of the imported logs (the number of float32 features);
     ``state_dim_source``: where it was learned from (the first file imported, for error messages).
-    Read and written through :mod:`service.shape`.
+    Read and written through :mod:`service.store.shape`.
     """
 
     __tablename__ = "service_meta"

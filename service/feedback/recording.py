@@ -1,7 +1,7 @@
 """Recording rewards for served decisions: idempotent, aggregated, bounded by the reward window.
 
 :func:`judge` is the one verdict on a post; :func:`record_feedback` applies it to one request in its
-own session, :class:`service.feedback_log.FeedbackWriter` (behind ``/feedback``) to a batch of queued
+own session, :class:`service.feedback.feedback_log.FeedbackWriter` (behind ``/feedback``) to a batch of queued
 requests in one transaction. Both therefore answer a post identically.
 """
 
@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import ConflictError, NotFoundError
-from service.models import Decision, Feedback, utcnow
+from service.store.models import Decision, Feedback, utcnow
 
 Aggregation = Literal["reject", "first", "sum"]
 
@@ -136,7 +136,7 @@ def record_feedback(
     Re-sending identical feedback is a no-op. A different second reward is a Conflict under
     ``reject``, kept out under ``first`` and added under ``sum``. Feedback after the reward window
     (or after the decision became a transition) is a Conflict. The single-request path: the API
-    batches posts through :class:`service.feedback_log.FeedbackWriter`, which falls back to this one
+    batches posts through :class:`service.feedback.feedback_log.FeedbackWriter`, which falls back to this one
     post at a time when a batch loses a unique-key race.
     """
     key = dedup_key(aggregation, reward, done, feedback_id)

@@ -7,9 +7,9 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import registry, shape
-from service.catalogue import load_catalogue
-from service.policy_store import PolicyStore
+from service.ingest.catalogue import load_catalogue
+from service.serving.policy_store import PolicyStore
+from service.store import registry, shape
 
 log = logging.getLogger(__name__)
 

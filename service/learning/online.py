@@ -1,0 +1,186 @@
+"""The online loop: follow the active model version, learn from the live transitions as feedback makes
+them ready, publish the weights to this process's policy store, and save them as new versions.
+
+Only the online loop's thread reads and replaces its agent. A finished job's agent reaches it through
+:class:`service.learning.handoff.Handoff` and is adopted after catching up with the transitions stored
+while it trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.errors import ModelUnservableError
+from service.feedback.transitions import build_ready_transitions, to_transition
+from service.ingest.catalogue import Catalogue, load_catalogue
+from service.learning import agents, publishing
+from service.learning.handoff import Handoff, TrainedAgent
+from service.learning.replay import Filled, ReplayLoader, observe
+from service.serving.policy_store import PolicyStore
+from service.settings import Settings
+from service.store import registry, shape
+from service.store.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+class OnlineLoop:
+    """Owns the learning agent between jobs, with its replay counts and publish/save schedule."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        store: PolicyStore | None,
+        replays: ReplayLoader,
+        handoff: Handoff,
+    ) -> None:
+        self.settings = settings
+        self.sessions = session_factory
+        self.store = store
+        self.replays = replays
+        self.handoff = handoff
+        self.agent: Any = None
+        self.catalogue: Catalogue | None = None
+        self.base_version: int | None = None
+        self.demo_size = 0
+        self.live_size = 0
+        self.transitions_seen = 0
+        self.last_losses: dict[str, float] = {}
+        self.failed_version: int | None = None
+        """A version that failed to load or does not fit: not tried again until another is active."""
+        self._updates_since_publish = 0
+        self._updates_since_save = 0
+        self._last_publish = time.monotonic()
+
+    def _adopt(self, agent: Any, catalogue: Catalogue, version: int, filled: Filled) -> None:
+        self.demo_size, self.live_size = filled.demonstrations, filled.live
+        self._updates_since_publish = self._updates_since_save = 0
+        self.agent, self.catalogue, self.base_version = agent, catalogue, version
+        self.publish()
+
+    def adopt_trained(self, trained: TrainedAgent) -> None:
+        """Make a finished job's agent the online one (called by the thread that owns ``agent``).
+
+        Online learning went on while the job trained: the transitions stored since its replay snapshot
+        are observed first, in order, so its replay holds everything the old agent learned from.
+        """
+        filled = trained.filled
+        caught_up, last_id = self.replays.observe_live_after(
+            trained.agent, trained.catalogue, filled.last_live_id
+        )
+        self._adopt(
+            trained.agent,
+            trained.catalogue,
+            trained.version,
+            Filled(filled.demonstrations, filled.live + caught_up, last_id),
+        )
+        log.info(
+            "trainer now learns from retrained model version %s (%s live transitions caught up)",
+            trained.version,
+            caught_up,
+        )
+
+    def publish(self) -> None:
+        """Swap the current weights into the policy store (when this process serves) and restart the
+        publish schedule."""
+        if self.store is not None and self.agent is not None and self.base_version is not None:
+            publishing.publish_policy(self.store, self.agent, self.base_version)
+        self._updates_since_publish = 0
+        self._last_publish = time.monotonic()
+
+    def _read_active(self) -> int | None:
+        with self.sessions() as session:
+            return registry.active_version_number(session)
+
+    def sync_active_version(self) -> None:
+        """Adopt a finished job's agent, or follow the active model version (activation or rollback
+        through the admin API)."""
+        finished, active = self.handoff.take(self._read_active)
+        if finished is not None:
+            self.adopt_trained(finished)  # an activation after it is followed on the next call
+            return
+        if active is None or active in (self.base_version, self.failed_version):
+            return
+        with self.sessions() as session:
+            checkpoint = registry.load_checkpoint(session, active)
+            catalogue = load_catalogue(session)
+            width = shape.serving_width(self.settings.state_dim, session)
+        try:
+            agent = agents.agent_from_bytes(checkpoint)
+        except Exception:
+            # Keep learning from the current agent; serving keeps its policy too (see ModelPoller).
+            self.failed_version = active
+            raise
+        problem = shape.model_problem(active, int(agent.state_dim), width)
+        if problem is not None:  # its replay could not hold these logs; serving refuses it too
+            self.failed_version = active
+            raise ModelUnservableError(problem)
+        filled = self.replays.fill(agent, catalogue)
+        self._adopt(agent, catalogue, active, filled)
+        log.info("trainer now learns from model version %s", active)
+
+    def learn_online(self) -> int:
+        """Turn ready decisions into live transitions, learn from them, publish and save; returns updates."""
+        if self.agent is None:
+            return 0
+        s = self.settings
+        with self.sessions() as session:
+            rows = build_ready_transitions(
+                session,
+                reward_window_s=s.reward_window_s,
+                default_reward=s.default_reward,
+                aggregation=s.aggregation,
+            )
+            transitions = [to_transition(row, self.catalogue.n_actions) for row in rows]
+        updates = 0
+        for t in transitions:
+            observe(self.agent, t)
+            self.live_size += 1
+            self.transitions_seen += 1
+            for _ in range(s.updates_per_transition):
+                self.last_losses = agents.float_losses(self.agent.train_step())
+                updates += 1
+        self._updates_since_publish += updates
+        self._updates_since_save += updates
+        if self.handoff.pending:
+            # A retrained agent is adopted next iteration: publishing or saving this one now would put
+            # its (older) version back in front of the retrained one.
+            return updates
+        if self._updates_since_save >= s.save_every_updates:
+            self.save_online_version()
+        elif self._updates_since_publish >= s.publish_every_updates or (
+            self._updates_since_publish > 0 and time.monotonic() - self._last_publish >= s.publish_every_s
+        ):
+            self.publish()
+        return updates
+
+    def save_online_version(self) -> int | None:
+        """Store the online-trained weights as a new, active model version; None when a finished job's
+        agent is waiting to be adopted (its version stays the active one)."""
+        checkpoint = agents.agent_to_bytes(self.agent)
+
+        def commit() -> int:
+            with session_scope(self.sessions) as session:
+                return publishing.save_online_version(
+                    session, self.agent, checkpoint, self.catalogue, self.base_version, self.last_losses
+                )
+
+        version = self.handoff.unless_pending(commit)
+        if version is None:
+            return None
+        self.base_version = version
+        self._updates_since_save = 0
+        self.publish()
+        log.info("saved online model version %s", version)
+        return version
+
+    @property
+    def live_buffer(self) -> int:
+        """Live transitions in the agent's replay (at most its capacity)."""
+        capacity = getattr(getattr(self.agent, "config", None), "replay_capacity", self.live_size)
+        return min(self.live_size, capacity or self.live_size)

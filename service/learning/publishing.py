@@ -1,0 +1,85 @@
+"""Publishing what the learner trained: model versions into the registry (a job's, or the online
+loop's) and the online weights into the serving replica's policy store.
+
+The checkpoint bytes are made by the caller beforehand (:func:`service.learning.agents.agent_to_bytes`),
+outside the hand-off lock; these functions write in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.ingest.catalogue import Catalogue
+from service.learning import agents
+from service.serving.policy_store import PolicyStore
+from service.store import registry
+from service.store.models import LiveTransition, TrainingJob, utcnow
+
+
+def save_job_version(
+    session: Session,
+    job: TrainingJob,
+    agent: Any,
+    checkpoint: bytes,
+    state_dim: int,
+    catalogue: Catalogue,
+    metrics: dict[str, Any],
+    activate: bool,
+) -> int:
+    """Save a job's trained agent as a new model version (activated or not) and mark the job succeeded;
+    returns the version number."""
+    version = registry.save_version(
+        session,
+        checkpoint=checkpoint,
+        state_dim=state_dim,
+        n_actions=catalogue.n_actions,
+        config=agents.config_dict(agent.config),
+        metrics=metrics,
+        source=job.kind,
+        n_updates=int(agent.n_updates),
+        parent_version=None,
+        job_id=job.id,
+        activate=activate,
+    ).version
+    row = session.get(TrainingJob, job.id)
+    row.status = "succeeded"
+    row.progress = 1.0
+    row.metrics = metrics
+    row.model_version = version
+    row.finished_at = utcnow()
+    return version
+
+
+def save_online_version(
+    session: Session,
+    agent: Any,
+    checkpoint: bytes,
+    catalogue: Catalogue,
+    parent_version: int | None,
+    losses: dict[str, float],
+) -> int:
+    """Save the online-trained weights as a new, active model version; returns its number."""
+    live_total = session.scalar(select(func.count()).select_from(LiveTransition))
+    return registry.save_version(
+        session,
+        checkpoint=checkpoint,
+        state_dim=int(agent.state_dim),
+        n_actions=catalogue.n_actions,
+        config=agents.config_dict(agent.config),
+        metrics={**losses, "live_transitions": int(live_total or 0)},
+        source="online",
+        n_updates=int(agent.n_updates),
+        parent_version=parent_version,
+        activate=True,
+    ).version
+
+
+def publish_policy(store: PolicyStore, agent: Any, version: int) -> None:
+    """Swap the agent's current weights (a NumPy copy) into this process's policy store."""
+    # policy_revision counts the online updates in the served weights (docs/service.md), so the
+    # pretraining updates a version started from are left out.
+    online = int(agent.n_updates) - int(agent.n_pretrain_updates)
+    store.publish(agent.numpy_policy(), version, online)

@@ -1,0 +1,8 @@
+"""The request path of ``/act``: the serving policy and its catalogue (``policy_store``, which decodes
+a model version's checkpoint into a NumPy network), the poller that keeps them in step with the
+database (``poller``), choosing actions (``choice``) and the group-commit decision log
+(``decision_log``).
+
+May import: the core, :mod:`service.store`, :mod:`service.ingest` (the catalogue) and the agent
+library's NumPy inference. Never feedback (its sibling), learning or the API.
+"""
