@@ -28,6 +28,22 @@ class ConflictError(ServiceError):
     """The request contradicts stored state, e.g. a different second reward (→ 409)."""
 
 
+class ModelInvalidError(ConflictError):
+    """A model version cannot serve: its checkpoint does not load, does not fit the catalogue or the
+    state width, or gives non-finite Q-values on a probe state (→ 409 on activation; the message is a
+    one-line reason)."""
+
+    retryable = False
+
+
+class ModelWidthError(ModelInvalidError):
+    """A model version's state width (``model_dim``) disagrees with the width the service uses."""
+
+    def __init__(self, message: str, model_dim: int, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.model_dim = model_dim
+
+
 class NoModelError(ServiceError):
     """No model is loaded yet, so no action can be served (→ 503 with Retry-After)."""
 

@@ -22,6 +22,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "DQFD_DATABASE_URL"),
     )
     db_pool_size: int = 10
+    # Database timeouts (docs/service.md, "Database timeouts"): a database that hangs costs a request at
+    # most about 2 s, then a 503 with Retry-After. 2 s is hundreds of times a healthy commit or query of
+    # the request path (milliseconds) and well under a client's or load balancer's usual timeout (30 s+),
+    # so a slow database is not mistaken for a hung one while a hung one fails fast. libpq counts the
+    # connect timeout in whole seconds, at least 2. The statement timeout is the API engine's only: the
+    # importer's COPY and the trainer's demonstration loading have none.
+    db_connect_timeout_s: float = Field(default=2.0, gt=0, description="opening a database connection")
+    db_statement_timeout_s: float = Field(default=2.0, gt=0, description="a statement of the API's engine")
+    db_pool_timeout_s: float = Field(default=2.0, gt=0, description="waiting for a pooled connection")
+    request_db_timeout_s: float = Field(
+        default=2.0, gt=0, description="a request waiting for its group-commit batch or readiness ping"
+    )
 
     # Problem shape. The state width is learned from the imported logs (service.store.shape stores it in the
     # database); DQFD_STATE_DIM, when set, must agree with it (and is the width before any import).
@@ -42,6 +54,13 @@ class Settings(BaseSettings):
     seed: int | None = None
     pretrain_steps: int = Field(default=2000, ge=0)
     demo_chunk_rows: int = Field(default=10_000, ge=1)
+
+    # Input bounds (not in the paper: a service must not let one request poison the learner). A state
+    # value or reward past these is refused with 422 at the API and never enters the replay; 1e6 leaves
+    # room for raw counts and prices while keeping squared TD errors of a 2×256 network far from float32
+    # overflow (docs/service.md, "Input bounds").
+    max_abs_state: float = Field(default=1e6, gt=0, description="largest |state value| accepted")
+    max_abs_reward: float = Field(default=1e6, gt=0, description="largest |reward| accepted")
 
     # Serving.
     # ε-greedy serving, the paper's online ε = 0.01 (Hester et al. 2018, Sec. 4) unless configured.
@@ -86,6 +105,8 @@ class Settings(BaseSettings):
             "target_update_period": self.target_update_period,
             "replay_capacity": self.replay_capacity,
             "epsilon": self.epsilon,
+            "max_abs_state": self.max_abs_state,
+            "max_abs_reward": self.max_abs_reward,
         }
         overrides = {k: v for k, v in named.items() if v is not None}
         overrides.update(self.agent_overrides)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service.api import routes_admin, routes_health, routes_serving
 from service.api.errors import install_error_handlers
 from service.api.limits import MaxBodySizeMiddleware
+from service.api.openapi import install_openapi
 from service.api.state import ServiceState
 from service.feedback.feedback_log import FeedbackWriter
 from service.learning.trainer import Trainer
@@ -27,20 +28,25 @@ log = logging.getLogger(__name__)
 def build_state(settings: Settings) -> ServiceState:
     """Database handles, an empty policy store, the poller, the decision and feedback writers and (role
     ``all``) the trainer."""
-    engine = make_engine(settings.database_url, settings.db_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        settings.db_pool_size,
+        connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )
     sessions = make_session_factory(engine)
     store = PolicyStore(settings.state_dim)
     poller = ModelPoller(store, sessions, settings.model_poll_s)
-    trainer = Trainer(settings, engine, sessions, store) if settings.role == "all" else None
+    trainer = None
+    if settings.role == "all":  # its own engine: loading demonstrations has no statement timeout
+        trainer_engine = make_engine(settings.database_url, connect_timeout_s=settings.db_connect_timeout_s)
+        trainer = Trainer(settings, trainer_engine, make_session_factory(trainer_engine), store)
+    decisions = DecisionWriter(engine)
+    feedback = FeedbackWriter(engine, settings.aggregation, settings.reward_window_s)
+    decisions.timeout_s = feedback.timeout_s = settings.request_db_timeout_s  # a request's wait: then 503
     return ServiceState(
-        settings,
-        engine,
-        sessions,
-        store,
-        poller,
-        trainer,
-        decisions=DecisionWriter(engine),
-        feedback=FeedbackWriter(engine, settings.aggregation, settings.reward_window_s),
+        settings, engine, sessions, store, poller, trainer, decisions=decisions, feedback=feedback
     )
 
 
@@ -70,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if state.trainer is not None:
                 state.trainer.stop()
+                state.trainer.engine.dispose()
             # Each commits what is queued (every waiting request gets its answer).
             state.feedback.stop()
             state.decisions.stop()
@@ -88,4 +95,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes_serving.add_routes(app)  # first, and not through a router: the hot path matches them first
     app.include_router(routes_health.router)
     app.include_router(routes_admin.router)
+    install_openapi(app)
     return app

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from service.api.schemas import ID_PATTERN
 from service.errors import (
     ConflictError,
     InvalidInputError,
@@ -60,7 +61,10 @@ def _validation_detail(error: dict) -> dict:
         msg = f"the request body is not valid JSON ({reason}{offset})"
         return {"loc": ["body"], "field": "body", "msg": msg, "type": kind}
     field = ".".join(loc[1:]) if loc[:1] in (["body"], ["path"], ["query"], ["header"]) else ".".join(loc)
-    return {"loc": loc, "field": field or "body", "msg": error.get("msg"), "type": kind}
+    msg = error.get("msg")
+    if kind == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == ID_PATTERN:
+        msg = "an id must not contain control characters (U+0000-U+001F, U+007F)"
+    return {"loc": loc, "field": field or "body", "msg": msg, "type": kind}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from service.api.deps import StateDep
+from service.api.openapi import READYZ
+from service.store.db import database_problem
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +18,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=READYZ)
 def readyz(state: StateDep) -> JSONResponse:
     """Ready when a model is loaded and the database answers; otherwise 503 saying what is missing
     (a state-width disagreement names the two sources and the fix)."""
@@ -28,16 +29,21 @@ def readyz(state: StateDep) -> JSONResponse:
         problem = state.store.problem
         problems.append(problem or "no model loaded")
         retryable = problem is None
-    try:
-        with state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:
-        problems.append(f"database unavailable: {type(exc).__name__}")
+    database = database_problem(state.engine, state.settings.request_db_timeout_s)  # bounded wait
+    if database is not None:
+        problems.append(database)
         retryable = True
+    # The learner's problems (stalled, diverged) are listed but do not fail readiness: serving goes on
+    # with the last published weights, and taking replicas out of rotation would not help learning.
+    learner = state.trainer.problems() if state.trainer is not None else []
+    # Likewise a fallback: the active version cannot serve, an older valid one does (poller.py).
+    fallback = state.store.fallback if policy is not None else None
+    if fallback is not None:
+        learner = [fallback, *learner]
     body = {
         "status": "ready" if not problems else "not ready",
         "model_version": policy.model_version if policy else None,
-        "problems": problems,
+        "problems": problems + learner,
     }
     return JSONResponse(
         body, status_code=200 if not problems else 503, headers={"Retry-After": "5"} if retryable else None

@@ -15,23 +15,16 @@ from fastapi import FastAPI, Request, Response
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
+from service.api.openapi import ACT, FEEDBACK
 from service.api.schemas import ActRequest, ActResponse, FeedbackRequest, FeedbackResponse
 from service.api.state import ServiceState
+from service.errors import InvalidInputError
 from service.feedback.feedback_log import FeedbackPost
 from service.serving.choice import choose, decision_row
 
 # Catalogues up to this size are scored on the event loop; longer ones in the threadpool.
 INLINE_MAX_ACTIONS = 4096
 
-ERRORS = {
-    404: {"description": "unknown event_id"},
-    409: {"description": "conflicting reward, or the reward window has closed"},
-    422: {"description": "invalid field (the body names it)"},
-    503: {
-        "description": "no model yet or database unavailable (Retry-After); or the model's state width "
-        "disagrees with the logs or DQFD_STATE_DIM (no Retry-After: the body says what to fix)"
-    },
-}
 TAGS: list[str] = ["serving"]
 
 
@@ -42,7 +35,16 @@ async def act(body: ActRequest, request: Request) -> Response:
     settings = state.settings
     epsilon = settings.epsilon if body.explore is not False else 0.0
     # The served model's width: the store only serves a model that fits the logs and DQFD_STATE_DIM.
-    args = (policy, body.state, policy.network.state_dim, body.candidates, body.exclude, body.k, epsilon)
+    args = (
+        policy,
+        body.state,
+        policy.network.state_dim,
+        body.candidates,
+        body.exclude,
+        body.k,
+        epsilon,
+        settings.max_abs_state,
+    )
     if policy.catalogue.n_actions <= INLINE_MAX_ACTIONS:
         choice = choose(*args)  # tens of microseconds: cheaper than a threadpool hop
     else:
@@ -65,6 +67,11 @@ async def act(body: ActRequest, request: Request) -> Response:
 async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     """Record the reward of a served decision; a 2xx means it is committed to the database."""
     state: ServiceState = request.app.state.service
+    bound = state.settings.max_abs_reward
+    if abs(body.reward) > bound:
+        raise InvalidInputError(
+            f"reward must be within ±{bound:g} (DQFD_MAX_ABS_REWARD), got {body.reward:g}", field="reward"
+        )
     # Returns after the batch holding this post committed; its 404/409 is raised here.
     result = await state.feedback.write(FeedbackPost(body.event_id, body.reward, body.done, body.feedback_id))
     return FeedbackResponse(
@@ -74,13 +81,13 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
 
 def add_routes(app: FastAPI) -> None:
     """Register ``/act`` and ``/feedback`` on ``app`` itself (before the included routers)."""
-    app.add_api_route("/act", act, methods=["POST"], response_model=ActResponse, responses=ERRORS, tags=TAGS)
+    app.add_api_route("/act", act, methods=["POST"], response_model=ActResponse, responses=ACT, tags=TAGS)
     app.add_api_route(
         "/feedback",
         feedback,
         methods=["POST"],
         response_model=FeedbackResponse,
         status_code=200,
-        responses=ERRORS,
+        responses=FEEDBACK,
         tags=TAGS,
     )

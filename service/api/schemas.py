@@ -7,8 +7,32 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-ItemId = Annotated[str, Field(min_length=1, max_length=255)]
+from service.settings import Settings
+
+# Strict JSON numbers: an integer or a float, never a numeric string or a boolean; never NaN or ±inf.
+# Their magnitude is bounded by settings (DQFD_MAX_ABS_STATE / DQFD_MAX_ABS_REWARD), checked by the routes.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+StrictInt = Annotated[int, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+# Ids are printable text: no control characters (PostgreSQL cannot store NUL), no lone surrogates (refused
+# by pydantic as invalid unicode), at most as long as their database column (service/store/models.py).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _id(max_length: int) -> Any:
+    return Field(min_length=1, max_length=max_length, pattern=ID_PATTERN)
+
+
+ItemId = Annotated[str, _id(255)]  # items.item_id VARCHAR(255)
+SessionId = Annotated[str, _id(255)]  # decisions.session_id VARCHAR(255)
+EventId = Annotated[str, _id(64)]  # decisions.event_id VARCHAR(64)
+FeedbackId = Annotated[str, _id(100)]  # feedback.dedup_key VARCHAR(128) holds it with a prefix
+# The largest id an INTEGER column holds on both databases (PostgreSQL's int4).
+MAX_DB_ID = 2**31 - 1
+# The documented default bounds (the routes check the configured ones).
+DEFAULT_MAX_ABS_STATE = Settings.model_fields["max_abs_state"].default
+DEFAULT_MAX_ABS_REWARD = Settings.model_fields["max_abs_reward"].default
 
 
 class ActRequest(BaseModel):
@@ -24,14 +48,19 @@ class ActRequest(BaseModel):
         },
     )
 
-    state: list[FiniteFloat] = Field(description="state features, exactly the configured state_dim of them")
-    session_id: Annotated[str, Field(min_length=1, max_length=255)] | None = Field(
+    state: list[FiniteFloat] = Field(
+        description="state features, exactly the configured state_dim of them: JSON numbers (no strings or "
+        f"booleans) with |value| ≤ DQFD_MAX_ABS_STATE (default {DEFAULT_MAX_ABS_STATE:g})"
+    )
+    session_id: SessionId | None = Field(
         default=None, description="the episode; the next decision of a session gives the next state"
     )
     candidates: list[ItemId] | None = Field(default=None, min_length=1, description="choose only among these")
     exclude: list[ItemId] | None = Field(default=None, description="never choose these")
-    k: int = Field(default=1, ge=1, description="ranking length")
-    explore: bool | None = Field(default=None, description="ε-greedy with the configured ε; false = greedy")
+    k: StrictInt = Field(default=1, ge=1, description="ranking length (an integer, not a boolean)")
+    explore: StrictBool | None = Field(
+        default=None, description="ε-greedy with the configured ε; false = greedy"
+    )
 
 
 class RankedItem(BaseModel):
@@ -60,10 +89,12 @@ class FeedbackRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"event_id": "3f2c…", "reward": 1.0, "done": False}]}
     )
 
-    event_id: Annotated[str, Field(min_length=1, max_length=64)]
-    reward: FiniteFloat
-    done: bool = False
-    feedback_id: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+    event_id: EventId
+    reward: FiniteFloat = Field(
+        description=f"a JSON number with |reward| ≤ DQFD_MAX_ABS_REWARD (default {DEFAULT_MAX_ABS_REWARD:g})"
+    )
+    done: StrictBool = False
+    feedback_id: FeedbackId | None = Field(
         default=None, description="optional idempotency key (sum aggregation: distinct ids are summed)"
     )
 
@@ -82,11 +113,11 @@ class RetrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int | None = Field(
+    steps: StrictInt | None = Field(
         default=None, ge=0, le=10_000_000, description="pretrain steps (default: settings)"
     )
-    activate: bool = Field(default=False, description="make the new version active when done")
-    replay_updates: int = Field(
+    activate: StrictBool = Field(default=False, description="make the new version active when done")
+    replay_updates: StrictInt = Field(
         default=0, ge=0, le=10_000_000, description="updates after replaying live data"
     )
 

@@ -59,23 +59,68 @@ def build_ready_transitions(
     limit: int = 1000,
     now: datetime | None = None,
 ) -> list[LiveTransition]:
-    """Turn every decision whose reward and next state are known into a stored live transition.
+    """Turn the decisions whose reward and next state are known into stored live transitions (at most
+    ``limit`` per call).
 
     The reward is the feedback (summed under ``sum``), or ``default_reward`` once the window closed
     without feedback. Under ``sum`` the reward is final only when the window has closed. The next
     state is the state of the session's next decision; a decision without a session, or with
     ``done`` feedback, is terminal; a session with no next decision within the window is truncated.
+
+    Feedback is learned in the order it arrives, whatever the number of decisions still waiting: the
+    decisions with feedback are read in feedback order (keyset pages on ``Feedback.id``), then those
+    whose window closed, oldest first. Decisions still waiting without feedback are never read.
     """
     now = now or utcnow()
     closed_before = now - timedelta(seconds=reward_window_s + WINDOW_GRACE_S)
-    pending = list(
-        session.scalars(
-            select(Decision)
-            .where(Decision.transition_built.is_(False))
-            .order_by(Decision.created_at)
-            .limit(limit)
+    page_rows = max(1, limit)
+    built: list[LiveTransition] = []
+    if aggregation != "sum":  # under ``sum`` nothing is final before its window closes
+        cursor = 0
+        while len(built) < limit:
+            page = session.execute(
+                select(Feedback.id, Decision)
+                .join(Decision, Decision.event_id == Feedback.event_id)
+                .where(Decision.transition_built.is_(False), Feedback.id > cursor)
+                .order_by(Feedback.id)
+                .limit(page_rows)
+            ).all()
+            if not page:
+                break
+            cursor = page[-1][0]
+            unique = {d.event_id: d for _, d in page if not d.transition_built}
+            built += _build(session, list(unique.values()), closed_before, default_reward, aggregation, now)
+            if len(page) < page_rows:
+                break
+    while len(built) < limit:
+        # Every decision whose window closed is built below, so each page holds only new ones.
+        closed = list(
+            session.scalars(
+                select(Decision)
+                .where(Decision.transition_built.is_(False), Decision.created_at <= closed_before)
+                .order_by(Decision.created_at, Decision.event_id)
+                .limit(min(page_rows, limit - len(built)))
+            )
         )
-    )
+        if not closed:
+            break
+        made = _build(session, closed, closed_before, default_reward, aggregation, now)
+        built += made
+        if not made:  # cannot happen (a closed window always builds); never loop on it
+            break
+    session.commit()
+    return built
+
+
+def _build(
+    session: Session,
+    pending: list[Decision],
+    closed_before: datetime,
+    default_reward: float,
+    aggregation: str,
+    now: datetime,
+) -> list[LiveTransition]:
+    """The live transitions of those ``pending`` decisions that are ready (added to ``session``)."""
     if not pending:
         return []
     feedback: dict[str, list[Feedback]] = {}
@@ -121,5 +166,5 @@ def build_ready_transitions(
         decision.transition_built = True
         session.add(row)
         built.append(row)
-    session.commit()
+    session.flush()
     return built

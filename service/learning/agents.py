@@ -65,6 +65,14 @@ def agent_from_bytes(checkpoint: bytes) -> Any:
     return DQfDAgent.load(io.BytesIO(checkpoint))
 
 
+def apply_bounds(agent: Any, settings: Settings) -> Any:
+    """Give a loaded agent this deployment's replay guards (``max_abs_state`` / ``max_abs_reward``): a
+    checkpoint keeps the config it was saved with, and one saved before the guards existed has none."""
+    agent.config.max_abs_state = settings.max_abs_state
+    agent.config.max_abs_reward = settings.max_abs_reward
+    return agent
+
+
 def float_losses(values: dict[str, Any] | None) -> dict[str, float]:
     """The numeric entries of an agent's loss report as floats (JSON-able, for job metrics and stats)."""
     return {k: float(v) for k, v in (values or {}).items() if isinstance(v, int | float)}

@@ -72,7 +72,8 @@ def _fetch(
             states = decode_states(blobs, state_dim)  # bytes (or memoryviews) joined once
             del blobs
             actions = np.array([index[item] for item in item_ids], dtype=np.int64)
-            rewards = np.array(reward_values, dtype=np.float32)
+            with np.errstate(over="ignore"):  # past float32: becomes ±inf, refused by the agent's guards
+                rewards = np.array(reward_values, dtype=np.float32)
             dones = np.array(done_values, dtype=bool)
             # Rows arrive sorted by session: a new episode starts wherever the session id changes.
             sessions = np.array(session_ids, dtype=object)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -118,7 +117,8 @@ class JobRunner:
             error = jobs.INTERRUPTED_ERROR
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            # One line for the API (the traceback, with its file paths, stays in the server log above).
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
         with session_scope(self.sessions) as session:
             jobs.fail_job(session, job.id, error)
         return None

@@ -14,12 +14,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.errors import ModelUnservableError
+from service.errors import ModelInvalidError, ModelUnservableError
 from service.feedback.transitions import build_ready_transitions, to_transition
 from service.ingest.catalogue import Catalogue, load_catalogue
 from service.learning import agents, publishing
 from service.learning.handoff import Handoff, TrainedAgent
-from service.learning.replay import Filled, ReplayLoader, observe
+from service.learning.replay import Filled, Quarantine, ReplayLoader
+from service.serving.model_check import probe_problem
 from service.serving.policy_store import PolicyStore
 from service.settings import Settings
 from service.store import registry, shape
@@ -51,6 +52,11 @@ class OnlineLoop:
         self.live_size = 0
         self.transitions_seen = 0
         self.last_losses: dict[str, float] = {}
+        self.quarantined = 0
+        """Rows the agent's guards refused (poisoned: non-finite or out of range), counted on each load."""
+        self.sampling_error: str | None = None
+        """Why the last update could not run, e.g. an unsampleable replay (None once one runs again)."""
+        self.quarantine = Quarantine()
         self.failed_version: int | None = None
         """A version that failed to load or does not fit: not tried again until another is active."""
         self._updates_since_publish = 0
@@ -59,6 +65,7 @@ class OnlineLoop:
 
     def _adopt(self, agent: Any, catalogue: Catalogue, version: int, filled: Filled) -> None:
         self.demo_size, self.live_size = filled.demonstrations, filled.live
+        self.quarantined, self.quarantine, self.sampling_error = filled.quarantined, Quarantine(), None
         self._updates_since_publish = self._updates_since_save = 0
         self.agent, self.catalogue, self.base_version = agent, catalogue, version
         self.publish()
@@ -70,14 +77,17 @@ class OnlineLoop:
         are observed first, in order, so its replay holds everything the old agent learned from.
         """
         filled = trained.filled
+        quarantine = Quarantine()
         caught_up, last_id = self.replays.observe_live_after(
-            trained.agent, trained.catalogue, filled.last_live_id
+            trained.agent, trained.catalogue, filled.last_live_id, quarantine
         )
         self._adopt(
             trained.agent,
             trained.catalogue,
             trained.version,
-            Filled(filled.demonstrations, filled.live + caught_up, last_id),
+            Filled(
+                filled.demonstrations, filled.live + caught_up, last_id, filled.quarantined + quarantine.count
+            ),
         )
         log.info(
             "trainer now learns from retrained model version %s (%s live transitions caught up)",
@@ -111,7 +121,7 @@ class OnlineLoop:
             catalogue = load_catalogue(session)
             width = shape.serving_width(self.settings.state_dim, session)
         try:
-            agent = agents.agent_from_bytes(checkpoint)
+            agent = agents.apply_bounds(agents.agent_from_bytes(checkpoint), self.settings)
         except Exception:
             # Keep learning from the current agent; serving keeps its policy too (see ModelPoller).
             self.failed_version = active
@@ -120,6 +130,10 @@ class OnlineLoop:
         if problem is not None:  # its replay could not hold these logs; serving refuses it too
             self.failed_version = active
             raise ModelUnservableError(problem)
+        problem = probe_problem(agent.numpy_policy(), active)  # e.g. NaN weights: never learn from them
+        if problem is not None:
+            self.failed_version = active
+            raise ModelInvalidError(problem)
         filled = self.replays.fill(agent, catalogue)
         self._adopt(agent, catalogue, active, filled)
         log.info("trainer now learns from model version %s", active)
@@ -136,20 +150,25 @@ class OnlineLoop:
                 default_reward=s.default_reward,
                 aggregation=s.aggregation,
             )
-            transitions = [to_transition(row, self.catalogue.n_actions) for row in rows]
+            transitions = [(row.id, to_transition(row, self.catalogue.n_actions)) for row in rows]
         updates = 0
-        for t in transitions:
-            observe(self.agent, t)
+        for row_id, t in transitions:
+            # A poisoned row is skipped (and counted); the ones after it are still learned.
+            if not self.quarantine.observe_transition(self.agent, t, row_id):
+                self.quarantined += 1
+                continue
             self.live_size += 1
             self.transitions_seen += 1
-            for _ in range(s.updates_per_transition):
-                self.last_losses = agents.float_losses(self.agent.train_step())
-                updates += 1
+            updates += self._train(s.updates_per_transition)
         self._updates_since_publish += updates
         self._updates_since_save += updates
         if self.handoff.pending:
             # A retrained agent is adopted next iteration: publishing or saving this one now would put
             # its (older) version back in front of the retrained one.
+            return updates
+        if getattr(self.agent, "diverged", False):
+            # Nothing it learned can be trusted (or nothing was applied): the last good weights stay
+            # served and active; /readyz and /admin/stats report it (Trainer.problems).
             return updates
         if self._updates_since_save >= s.save_every_updates:
             self.save_online_version()
@@ -158,6 +177,21 @@ class OnlineLoop:
         ):
             self.publish()
         return updates
+
+    def _train(self, steps: int) -> int:
+        """Up to ``steps`` updates; returns those done. A replay that cannot be sampled (every row
+        quarantined, or a broken priority tree) stops them and is reported (``sampling_error``, shown in
+        /readyz and /admin/stats) instead of failing the loop: the transitions keep being stored."""
+        for done in range(steps):
+            try:
+                self.last_losses = agents.float_losses(self.agent.train_step())
+            except RuntimeError as exc:
+                if self.sampling_error is None:
+                    log.warning("online update skipped: the replay cannot be sampled: %s", exc)
+                self.sampling_error = f"{type(exc).__name__}: {exc}"
+                return done
+            self.sampling_error = None
+        return steps
 
     def save_online_version(self) -> int | None:
         """Store the online-trained weights as a new, active model version; None when a finished job's

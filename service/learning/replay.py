@@ -8,6 +8,8 @@ counts (:class:`Filled`) become the trainer's only when their agent is adopted.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,6 +22,11 @@ from service.learning.demos import count_demonstrations, iter_demonstrations
 from service.settings import Settings
 from service.store.models import LiveTransition
 
+log = logging.getLogger(__name__)
+
+# Poisoned rows are logged at most this often (with every id since the last line).
+QUARANTINE_LOG_INTERVAL_S = 60.0
+
 # Live transitions read per query when a finished job's agent catches up with the online loop.
 CATCH_UP_CHUNK_ROWS = 1000
 
@@ -30,12 +37,50 @@ class Filled(NamedTuple):
     demonstrations: int
     live: int
     last_live_id: int
-    """The newest ``LiveTransition.id`` observed (0 when none): later rows are new to the agent."""
+    """The newest ``LiveTransition.id`` read (0 when none): later rows are new to the agent."""
+    quarantined: int = 0
+    """Rows refused by the agent's guards (non-finite or out-of-range values): demonstrations and live."""
 
 
 def observe(agent: Any, t: Any) -> None:
-    """Store one live transition in the agent's replay."""
+    """Store one live transition in the agent's replay (``ValueError`` when the agent refuses it)."""
     agent.observe(t.state, t.action, t.reward, t.next_state, t.done, t.mask, t.next_mask)
+
+
+class Quarantine:
+    """Observes live transitions through the agent's guards: a refused row (a value that is not finite
+    or is out of range: a poisoned row) is skipped, counted, and logged with its id at most once per
+    ``QUARANTINE_LOG_INTERVAL_S``; the rows after it are still learned. Nothing is written: the guards
+    refuse the same row again on every load, which costs one check per row."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._unlogged: list[int] = []
+        self._last_log: float | None = None
+
+    def observe(self, agent: Any, row: LiveTransition, n_actions: int) -> bool:
+        """Observe the stored ``row``; False (and counted) when the agent refused it."""
+        return self.observe_transition(agent, to_transition(row, n_actions), row.id)
+
+    def observe_transition(self, agent: Any, t: Any, row_id: int) -> bool:
+        """Observe ``t`` (live transition ``row_id``); False (and counted) when the agent refused it."""
+        try:
+            observe(agent, t)
+        except ValueError as exc:
+            self.count += 1
+            self._unlogged.append(row_id)
+            self._log(str(exc))
+            return False
+        return True
+
+    def _log(self, reason: str) -> None:
+        now = time.monotonic()
+        if self._last_log is not None and now - self._last_log < QUARANTINE_LOG_INTERVAL_S:
+            return
+        ids = self._unlogged
+        shown = ", ".join(map(str, ids[:20])) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        log.warning("live transition(s) %s quarantined (not learned): %s", shown, reason)
+        self._unlogged, self._last_log = [], now
 
 
 class ReplayLoader:
@@ -63,18 +108,30 @@ class ReplayLoader:
             for demos in chunks:
                 if interrupt is not None:
                     interrupt()
+                rejected = getattr(agent, "n_rejected_rows", 0)
+                # A poisoned row is left out (its episode cut there), never stored nor replayed.
                 agent.add_demonstrations(
-                    demos.states, demos.actions, demos.rewards, demos.dones, demos.episode_ids, demos.masks
+                    demos.states,
+                    demos.actions,
+                    demos.rewards,
+                    demos.dones,
+                    demos.episode_ids,
+                    demos.masks,
+                    skip_invalid=True,
                 )
-                loaded += len(demos)
+                bad = getattr(agent, "n_rejected_rows", 0) - rejected
+                loaded += len(demos) - bad
+                if bad:
+                    log.warning("%d logged interaction(s) quarantined (non-finite or out of range)", bad)
         finally:
             chunks.close()  # release the database cursor now, also when interrupted
-        live, last_live_id = self.replay_live(agent, catalogue)
-        return Filled(loaded, live, last_live_id)
+        quarantine = Quarantine()
+        live, last_live_id = self.replay_live(agent, catalogue, quarantine)
+        return Filled(loaded, live, last_live_id, getattr(agent, "n_rejected_rows", 0) + quarantine.count)
 
-    def replay_live(self, agent: Any, catalogue: Catalogue) -> tuple[int, int]:
+    def replay_live(self, agent: Any, catalogue: Catalogue, quarantine: Quarantine) -> tuple[int, int]:
         """Observe the stored live transitions again (newest ``replay_capacity`` ones) in order; returns
-        how many and the newest id observed (0 when none)."""
+        how many were observed and the newest id read (0 when none). Refused rows go to ``quarantine``."""
         capacity = getattr(agent.config, "replay_capacity", None) or 1_000_000
         count = last_id = 0
         with self.sessions() as session:
@@ -82,14 +139,16 @@ class ReplayLoader:
                 session.scalars(select(LiveTransition).order_by(LiveTransition.id.desc()).limit(capacity))
             )
         for row in reversed(newest):
-            observe(agent, to_transition(row, catalogue.n_actions))
-            count += 1
+            count += quarantine.observe(agent, row, catalogue.n_actions)
             last_id = row.id
         return count, last_id
 
-    def observe_live_after(self, agent: Any, catalogue: Catalogue, after_id: int) -> tuple[int, int]:
-        """Observe the live transitions with an id above ``after_id``, in id order; returns how many and
-        the newest id observed (``after_id`` when none). Only the trainer writes live transitions, one
+    def observe_live_after(
+        self, agent: Any, catalogue: Catalogue, after_id: int, quarantine: Quarantine
+    ) -> tuple[int, int]:
+        """Observe the live transitions with an id above ``after_id``, in id order; returns how many were
+        observed and the newest id read (``after_id`` when none; a refused row is passed, see
+        :class:`Quarantine`). Only the trainer writes live transitions, one
         transaction at a time, so ids grow in commit order and none is skipped."""
         count, last_id = 0, after_id
         while True:
@@ -103,8 +162,7 @@ class ReplayLoader:
                     )
                 )
             for row in rows:
-                observe(agent, to_transition(row, catalogue.n_actions))
+                count += quarantine.observe(agent, row, catalogue.n_actions)
                 last_id = row.id
-            count += len(rows)
             if len(rows) < CATCH_UP_CHUNK_ROWS:
                 return count, last_id

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 # chunk, well within this; a job still running then is failed by the next trainer's start.
 JOB_THREAD_JOIN_S = 60.0
 
+# The background online loop is reported stalled when no iteration succeeded for this long (or 30 poll
+# intervals, when longer): an iteration normally takes well under a second, but adopting a new version
+# reloads every demonstration (about a minute for millions of rows), which is not a stall.
+STALLED_AFTER_S = 300.0
+
 
 def _online(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.online_loop, name), doc=doc)
@@ -70,6 +75,7 @@ class Trainer:
         self.store = store
         agents.limit_torch_threads(settings.torch_threads)
         self.last_error: str | None = None
+        self._last_success: float | None = None  # monotonic time of the background loop's last iteration
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._job_thread: threading.Thread | None = None
@@ -136,6 +142,7 @@ class Trainer:
         """Run the online loop until stopped, with training jobs on a thread of their own; errors are
         logged, never fatal."""
         started = False
+        self._last_success = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
@@ -148,6 +155,7 @@ class Trainer:
                         started = True
                     self.online_step()
                     self.last_error = None
+                    self._last_success = time.monotonic()
                 except Exception as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("trainer step failed; retrying")
@@ -210,9 +218,30 @@ class Trainer:
         """Store the online-trained weights as a new, active model version (None: a job's agent waits)."""
         return self.online_loop.save_online_version()
 
+    def problems(self) -> list[str]:
+        """What is wrong with learning, one line each (/readyz and /admin/stats): stalled (no successful
+        iteration for a while, or a replay that cannot be sampled) or diverged (every recent update
+        skipped as non-finite). Serving goes on with the last good weights meanwhile."""
+        online, found = self.online_loop, []
+        if self.alive and self._last_success is not None:
+            idle = time.monotonic() - self._last_success
+            if idle > max(STALLED_AFTER_S, 30 * self.settings.trainer_poll_s):
+                why = f": {self.last_error}" if self.last_error else ""
+                found.append(f"trainer stalled: no successful iteration for {idle:.0f} s{why}")
+        if online.sampling_error is not None:
+            found.append(f"trainer stalled: updates cannot run ({online.sampling_error})")
+        agent = online.agent
+        if agent is not None and bool(getattr(agent, "diverged", False)):
+            found.append(
+                f"trainer diverged: {agent.consecutive_skipped_updates} consecutive update(s) skipped "
+                "(non-finite loss or gradient) or non-finite weights; serving keeps the last published ones"
+            )
+        return found
+
     def status(self) -> dict[str, Any]:
         """Buffer sizes and health, for /admin/stats."""
         online = self.online_loop
+        agent = online.agent
         return {
             "running": self.alive,
             "job_running": self.job_running,
@@ -225,4 +254,10 @@ class Trainer:
             "last_losses": online.last_losses,
             "last_error": self.last_error,
             "last_job_error": self.job_runner.last_error,
+            "n_skipped_updates": int(getattr(agent, "n_skipped_updates", 0)),
+            # refused on the way in (counted on every load) + drawn once, then quarantined in the replay
+            "quarantined_rows": online.quarantined + int(getattr(agent, "n_quarantined", 0)),
+            "diverged": bool(getattr(agent, "diverged", False)),
+            "sampling_error": online.sampling_error,
+            "problems": self.problems(),
         }

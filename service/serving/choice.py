@@ -75,17 +75,27 @@ def choose(
     exclude: list[str] | None,
     k: int,
     epsilon: float,
+    max_abs_state: float | None = None,
 ) -> Choice:
     """ε-greedy choice over the allowed items with the ranking of the top-k by Q-value.
 
     A request that narrows nothing (no candidates, no exclusions, every item active) skips the mask:
     its allowed items are all actions, and the result is the one the masked path would give.
+    A state value past ``max_abs_state`` (DQFD_MAX_ABS_STATE) is refused before it is stored or learned from.
     """
     if len(state) != state_dim:
         raise InvalidInputError(
             f"state must have {state_dim} values (the served model's state width), got {len(state)}",
             field="state",
         )
+    if max_abs_state is not None:
+        # On the request's float64 values: float32 rounding must not move a value across the bound.
+        worst = max(map(abs, state), default=0.0)
+        if worst > max_abs_state:
+            raise InvalidInputError(
+                f"state values must be within ±{max_abs_state:g} (DQFD_MAX_ABS_STATE), got |value| {worst:g}",
+                field="state",
+            )
     vector = np.asarray(state, dtype=np.float32)
     if not np.isfinite(vector).all():
         raise InvalidInputError("state must contain only finite numbers", field="state")

@@ -41,11 +41,12 @@ class ServingPolicy:
 class PolicyStore:
     """Holds the serving policy. Readers take one reference (no lock); writers swap the whole object.
 
-    A model that fails to load or does not fit the catalogue is rejected and the old one keeps
-    serving. A model whose state width disagrees with the imported logs or ``DQFD_STATE_DIM`` is
-    rejected (and dropped when the width changes under it): ``problem`` then says which two disagree
-    and how to fix it, and :meth:`require` answers with it (a 503 that retrying does not fix).
-    The HTTP layer only talks to this class, never to torch.
+    A model that does not fit the catalogue or gives non-finite Q-values on the probe states is
+    rejected and the old one keeps serving (checkpoints are checked before they get here:
+    :mod:`service.serving.model_check`). A model whose state width disagrees with the imported logs
+    or ``DQFD_STATE_DIM`` is rejected (and dropped when the width changes under it): ``problem`` then
+    says which two disagree and how to fix it, and :meth:`require` answers with it (a 503 that
+    retrying does not fix). The HTTP layer only talks to this class, never to torch.
     """
 
     def __init__(self, state_dim: int | None = None) -> None:
@@ -61,7 +62,10 @@ class PolicyStore:
         self._write_lock = threading.Lock()
         self.last_error: str | None = None
         self.problem: str | None = None
-        """Why no model serves when waiting will not help (a state-width disagreement), else None."""
+        """Why no model serves when waiting will not help (a state-width disagreement, no version that
+        can serve), else None."""
+        self.fallback: str | None = None
+        """Set by the poller while the active version cannot serve and another one does in its place."""
 
     @property
     def state_dim(self) -> int | None:
@@ -129,19 +133,16 @@ class PolicyStore:
                 )
                 log.error("rejected model: %s", self.last_error)
                 return False
+            from service.serving.model_check import probe_problem  # (it imports decode_checkpoint)
+
+            problem = probe_problem(network, model_version)
+            if problem is not None:  # e.g. online weights that diverged: the old policy keeps serving
+                self.last_error = problem
+                log.error("rejected model: %s", problem)
+                return False
             self._policy = ServingPolicy(network, catalogue, model_version, revision)
             self.last_error = self.problem = None
             return True
-
-    def load_checkpoint(self, checkpoint: bytes, model_version: int) -> bool:
-        """Build a NumPy policy from checkpoint bytes and publish it; a failure keeps the old policy."""
-        try:
-            network = decode_checkpoint(checkpoint)
-        except Exception as exc:  # any corrupt checkpoint must leave serving untouched
-            self.last_error = f"model version {model_version} failed to load: {exc!r}"
-            log.exception("model version %s failed to load", model_version)
-            return False
-        return self.publish(network, model_version)
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         """Swap in a new catalogue snapshot (e.g. items deactivated); the policy follows if it fits."""

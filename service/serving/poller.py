@@ -1,31 +1,55 @@
-"""Keeps a serving replica's policy and catalogue in step with the database."""
+"""Keeps a serving replica's policy and catalogue in step with the database.
+
+Every version is checked before it serves (:func:`service.serving.model_check.validate_checkpoint`).
+When the active version cannot serve, the replica keeps the policy it has; with none (a start), it
+serves the newest version that passes the checks and says so in ``/readyz`` problems and
+``/admin/stats``. The database's active flag is left as it is: which version is active is the
+operator's decision (and every replica would race to change it); activating a valid version, or a
+retrain, ends the fallback. With no valid version at all, ``/act`` answers 503 naming the problem and
+the fix (retrain).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.errors import ModelInvalidError, ModelWidthError
 from service.ingest.catalogue import load_catalogue
+from service.serving.model_check import validate_checkpoint
 from service.serving.policy_store import PolicyStore
 from service.store import registry, shape
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """Why a version cannot serve, and what it was checked against ((state width, catalogue size)): it
+    is not checked again until one of those changes."""
+
+    reason: str
+    key: tuple[int | None, int]
+    model_dim: int | None = None  # set when the reason is a state-width disagreement
+
+
 class ModelPoller:
     """Every ``interval`` seconds: refresh the catalogue and the state width, load a newly activated
-    version off the request path. A version that fails to load is remembered (with the width it was
-    checked against) so it is not retried in a loop; a change of the width tries it again."""
+    version off the request path. A version that fails its checks is remembered (with the width and
+    catalogue size it was checked against) so it is not retried in a loop; a change of either tries it
+    again."""
 
     def __init__(self, store: PolicyStore, sessions: sessionmaker[Session], interval: float) -> None:
         self.store = store
         self.sessions = sessions
         self.interval = interval
-        self.failed_version: int | None = None
-        self._failed_width: shape.StateWidth | None = None
+        self.rejected: dict[int, Rejection] = {}
         self.last_error: str | None = None
+        self._reported: tuple[int, int] | None = None  # (active, served) of store.fallback
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,16 +68,85 @@ class ModelPoller:
             width = shape.serving_width(self.store.configured_state_dim, session)
             self.store.set_width(width)
             active = registry.active_version_number(session)
+            if active is None or width.problem is not None:  # nothing to serve / no model can fix it
+                return
             policy = self.store.policy
-            if active is None or (active == self.failed_version and width == self._failed_width):
-                return
             if policy is not None and policy.model_version == active:
+                self.store.fallback = None
                 return
-            checkpoint = registry.load_checkpoint(session, active)
-        if self.store.load_checkpoint(checkpoint, active):
-            log.info("serving model version %s", active)
-        else:
-            self.failed_version, self._failed_width = active, width
+            key = (width.dim, catalogue.n_actions)
+            rejection = self.rejected.get(active)
+            if rejection is None or rejection.key != key:
+                network = self._check(session, active, key, width)
+                if network is not None and self._publish(network, active, key):
+                    self.store.fallback = None
+                    log.info("serving model version %s", active)
+                    return
+            if policy is not None:  # keep serving what serves (the previous version, or a fallback)
+                self._report(active, policy.model_version, "the one served before")
+                return
+            self._fall_back(session, active, key, width)
+
+    def _check(self, session: Session, version: int, key: tuple[int | None, int], width: Any) -> Any:
+        """The version's network if it passes the checks; None (and remembered) if not."""
+        try:
+            return validate_checkpoint(registry.load_checkpoint(session, version), version, key[1], width)
+        except ModelInvalidError as exc:
+            dim = exc.model_dim if isinstance(exc, ModelWidthError) else None
+            self._reject(version, Rejection(exc.message, key, dim))
+            return None
+
+    def _publish(self, network: Any, version: int, key: tuple[int | None, int]) -> bool:
+        if self.store.publish(network, version):
+            self.rejected.pop(version, None)
+            return True
+        self._reject(version, Rejection(self.store.last_error or f"model version {version} was refused", key))
+        return False
+
+    def _reject(self, version: int, rejection: Rejection) -> None:
+        self.rejected[version] = rejection
+        self.store.last_error = rejection.reason
+        log.error("model version %s cannot be served: %s", version, rejection.reason)
+
+    def _report(self, active: int, served: int, which: str) -> None:
+        if self.store.fallback is not None and self._reported == (active, served):
+            return  # already said (and which one it is does not change while it serves)
+        self._reported = (active, served)
+        reason = self.rejected[active].reason
+        self.store.fallback = (
+            f"active version {active} cannot be served ({reason}); serving version {served}, {which}"
+        )
+
+    def _fall_back(self, session: Session, active: int, key: tuple[int | None, int], width: Any) -> None:
+        """Serve the newest other version that passes the checks; with none, say why and how to fix it."""
+        for row in registry.list_versions(session):  # newest first, checkpoints not loaded
+            version = row.version
+            known = self.rejected.get(version)
+            if version == active or (known is not None and known.key == key):
+                continue
+            if row.n_actions != key[1] or (key[0] is not None and row.state_dim != key[0]):
+                # Its recorded shape already rules it out: no need to read the checkpoint.
+                self._reject(version, Rejection(_shape_reason(version, row, key, width), key))
+                continue
+            network = self._check(session, version, key, width)
+            if network is not None and self._publish(network, version, key):
+                self._report(active, version, "the newest valid one")
+                log.warning("%s", self.store.fallback)
+                return
+        self.store.fallback = None
+        self.store.problem = self._no_model_problem(active, key, width)
+
+    def _no_model_problem(self, active: int, key: tuple[int | None, int], width: Any) -> str:
+        rejection = self.rejected[active]
+        others = [
+            r.reason for v, r in sorted(self.rejected.items(), reverse=True) if v != active and r.key == key
+        ]
+        if not others and rejection.model_dim is not None:
+            return shape.model_problem(active, rejection.model_dim, width) or rejection.reason
+        detail = f" ({'; '.join(others[:3])}{'; ...' if len(others) > 3 else ''})" if others else ""
+        return (
+            f"the active {rejection.reason}; no other model version can serve{detail}: {shape.RETRAIN_HINT}"
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -74,3 +167,9 @@ class ModelPoller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _shape_reason(version: int, row: Any, key: tuple[int | None, int], width: Any) -> str:
+    if row.n_actions != key[1]:
+        return f"model version {version} has {row.n_actions} actions but the catalogue has {key[1]} items"
+    return f"model version {version} takes {row.state_dim} features but {width.origin}"

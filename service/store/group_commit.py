@@ -10,7 +10,8 @@ future, one ``call_soon_threadsafe`` per event loop. A response therefore still 
 2xx means durable), while the commit and the statement round trips are shared by every request that
 arrived meanwhile, and no request holds a threadpool worker or blocks the event loop while it waits.
 With SQLite's single write lock this is the difference between queueing threadpool writers on the lock
-and one writer that never waits.
+and one writer that never waits. A request waits at most ``timeout_s`` for its commit, then gets a 503;
+a batch stuck on a database that hangs is interrupted (:meth:`GroupCommitWriter._timed_out`).
 
 Gathering on the loop matters because the writer thread shares the process's core and GIL with the
 loop: handed each item as it came, it woke for nearly every request and committed batches of one or
@@ -34,13 +35,15 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from service.errors import UnavailableError
-from service.store.db import database_unavailable, rejected_row
+from service.store.batch_gathering import schedule_flush
+from service.store.db import database_unavailable, interrupt_connections, rejected_row
 from service.store.wal_checkpoints import WalCheckpoints
 
 log = logging.getLogger(__name__)
@@ -51,32 +54,6 @@ ResultT = TypeVar("ResultT")
 _STOP = None
 
 Entry = tuple[Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
-
-# Event loops with an idle check scheduled, and the writers whose gathered batches it hands over. Only
-# the loop's own thread touches its entry; an entry lives from a loop's first gathered item to the
-# check that flushes it.
-_flush_pending: dict[asyncio.AbstractEventLoop, list[GroupCommitWriter[Any, Any]]] = {}
-
-
-def _schedule_flush(loop: asyncio.AbstractEventLoop, writer: GroupCommitWriter[Any, Any]) -> None:
-    writers = _flush_pending.get(loop)
-    if writers is None:
-        _flush_pending[loop] = [writer]
-        loop.call_soon(_flush_when_idle, loop, loop.time() + writer.max_gather_s)
-    elif writer not in writers:
-        writers.append(writer)
-
-
-def _flush_when_idle(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-    # ``_ready`` holds the callbacks the loop runs before it next waits for I/O (asyncio's own loops):
-    # while there are any, more requests may still reach their write and join the batch. Loops without
-    # it hand the batch over one iteration after its first item.
-    ready = getattr(loop, "_ready", None)
-    if ready and loop.time() < deadline:
-        loop.call_soon(_flush_when_idle, loop, deadline)
-        return
-    for writer in _flush_pending.pop(loop, ()):
-        writer._flush(loop)
 
 
 class GroupCommitWriter(Generic[ItemT, ResultT]):
@@ -89,6 +66,7 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
 
     name = "group-commit"
     max_gather_s = 0.005  # the longest a batch is gathered on a busy loop before it is handed over
+    timeout_s: float | None = None  # the longest a request waits for its commit, then 503 (None: no bound)
 
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self.engine = engine
@@ -101,6 +79,7 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
         self._accepting = False
         self._checkpoints = WalCheckpoints(engine) if engine.dialect.name == "sqlite" else None
         self._conn: Connection | None = None  # held from one batch to the next while they follow
+        self._busy_since: float | None = None  # when the batch being committed began (monotonic)
         self.batches = 0  # committed batches (for tests and diagnostics)
         self.rows = 0  # items of the committed batches
 
@@ -147,8 +126,24 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
         if full:
             self._flush(loop)
         else:
-            _schedule_flush(loop, self)
-        return await future
+            schedule_flush(loop, self)
+        if self.timeout_s is None:
+            return await future
+        try:
+            async with asyncio.timeout(self.timeout_s):  # cancels ``future``: ``_resolve`` skips it
+                return await future
+        except TimeoutError:
+            self._timed_out()
+            raise UnavailableError(f"the database did not answer within {self.timeout_s:g} s") from None
+
+    def _timed_out(self) -> None:
+        # A request waited past its bound. A batch committing for over half of it waits on a database
+        # that hangs: interrupting its connections frees the writer (that batch fails, the next one
+        # connects afresh). Its rows may still commit after their requests got a 503.
+        since, bound = self._busy_since, self.timeout_s or 0.0
+        if since is not None and time.monotonic() - since >= bound / 2:
+            log.warning("%s: no commit within %g s; interrupting the database connections", self.name, bound)
+            interrupt_connections(self.engine)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand the batch gathered on ``loop`` to the writer thread."""
@@ -245,7 +240,11 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
 
     def _commit(self, batch: list[Entry]) -> None:
         items = [item for item, _, _ in batch]
-        outcomes, committed = self._isolated(items)
+        self._busy_since = time.monotonic()
+        try:
+            outcomes, committed = self._isolated(items)
+        finally:
+            self._busy_since = None
         self._settle(batch, outcomes)
         if committed and self._checkpoints is not None:
             self._checkpoints.after_commit(committed)  # the batch's requests are answered already

@@ -19,10 +19,34 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for big tables.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``TIMESTAMP WITH TIME ZONE`` that always reads back an aware UTC datetime.
+
+    SQLite has no time zone type: it stores the UTC wall time and hands back naive datetimes, which the
+    API would show without an offset. Values are written in UTC (a naive one is taken as UTC) and read
+    back aware on both databases. The column type is ``DateTime(timezone=True)``, as the migrations say.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -62,7 +86,7 @@ class LoggedInteraction(Base):
     propensity: Mapped[float | None] = mapped_column(Float, nullable=True)
     # none_as_null: a missing list is SQL NULL (not JSON null), as the PostgreSQL COPY path writes it.
     allowed_items: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Decision(Base):
@@ -86,7 +110,7 @@ class Decision(Base):
     explored: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     model_version: Mapped[int] = mapped_column(Integer, nullable=False)
     policy_revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     transition_built: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
@@ -103,7 +127,7 @@ class Feedback(Base):
     dedup_key: Mapped[str] = mapped_column(String(128), nullable=False)
     reward: Mapped[float] = mapped_column(Float, nullable=False)
     done: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
 
 
 class LiveTransition(Base):
@@ -124,7 +148,7 @@ class LiveTransition(Base):
     mask: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     next_mask: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     default_reward_used: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
 
 
 class ModelVersion(Base):
@@ -133,7 +157,7 @@ class ModelVersion(Base):
     __tablename__ = "model_versions"
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     source: Mapped[str] = mapped_column(String(32), nullable=False)
     parent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -144,7 +168,7 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     checkpoint: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class TrainingJob(Base):
@@ -161,9 +185,9 @@ class TrainingJob(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ServiceMeta(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from service.api.app import create_app
 from service.settings import Settings
@@ -111,12 +112,19 @@ def test_a_model_that_fails_to_load_keeps_the_old_one(trained: Settings) -> None
             assert good is not None
         engine.dispose()
         response = client.post("/admin/models/2/activate", headers=admin_headers())
-        assert response.status_code == 200
+        # Refused: version 1 stays active (tests/service/test_activation.py).
+        assert response.status_code == 409
+        assert response.json()["detail"][0]["msg"].startswith("model version 2's checkpoint cannot be loaded")
         act = client.post("/act", json={"state": STATE})
         assert act.status_code == 200 and act.json()["model_version"] == 1
-        stats = client.get("/admin/stats", headers=admin_headers()).json()
-        assert "failed to load" in stats["serving"]["last_load_error"]
+        # Made active behind the API's back: this replica and the trainer keep what they have.
+        with engine.begin() as conn:
+            conn.execute(update(ModelVersion).values(is_active=ModelVersion.version == 2))
+        engine.dispose()
         client.app.state.service.poller.refresh()
+        stats = client.get("/admin/stats", headers=admin_headers()).json()
+        assert "cannot be loaded" in stats["serving"]["last_load_error"]
+        assert stats["serving"]["fallback"].endswith("serving version 1, the one served before")
         assert client.post("/act", json={"state": STATE}).json()["model_version"] == 1
         wait_for(lambda: trainer._failed_version == 2)
         assert trainer.base_version == 1  # the trainer keeps learning from the model it has
