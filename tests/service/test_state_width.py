@@ -277,6 +277,10 @@ def test_model_disagreeing_with_the_logs_is_reported_and_fixed_by_a_retrain(
     job = client.post("/admin/retrain", json={"steps": 20, "activate": True}, headers=admin_headers())
     assert job.status_code == 202
     wait_for(lambda: client.post("/act", json={"state": [0.1] * WIDTH}).status_code == 200, timeout=60)
+    # A model poll that read the active version just before the retrain's commit and the version list
+    # just after it reports a fallback to version 2; the next poll (DQFD_MODEL_POLL_S) sees version 2
+    # active and clears it.
+    wait_for(lambda: client.get("/readyz").json()["problems"] == [], timeout=30)
     assert client.get("/readyz").json() == {"status": "ready", "model_version": 2, "problems": []}
 
 
