@@ -162,10 +162,15 @@ def pretrain_model(settings: Settings, steps: int = 30, activate: bool = True) -
 
 
 def insert_decisions(
-    engine: Engine, n: int, *, created_at: datetime | None = None, built: bool = False
+    engine: Engine,
+    n: int,
+    *,
+    created_at: datetime | None = None,
+    built: bool = False,
+    state: list[float] = STATE,
 ) -> list[str]:
-    """``n`` decisions of ``STATE`` written straight to the database, for tests of the feedback path only;
-    returns their event ids."""
+    """``n`` decisions of ``state`` written straight to the database, for tests of the feedback and
+    learning paths only; returns their event ids."""
     events = [uuid.uuid4().hex for _ in range(n)]
     with engine.begin() as conn:
         conn.execute(
@@ -175,7 +180,7 @@ def insert_decisions(
                     "event_id": event,
                     "session_id": None,
                     "step": 0,
-                    "state": encode_state(STATE),
+                    "state": encode_state(state),
                     "ranking": [],
                     "item_id": "item-0",
                     "action_index": 0,

@@ -6,7 +6,6 @@ Feedback is learned in the order it arrives, whatever the number of decisions st
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from service.learning import agents
 from service.learning.replay import Quarantine, ReplayLoader
 from service.settings import Settings
 from service.store.db import make_engine, make_session_factory
-from service.store.models import Decision, Feedback, LiveTransition, LoggedInteraction, utcnow
+from service.store.models import Feedback, LiveTransition, LoggedInteraction, utcnow
 from tests.service.conftest import STATE_DIM, admin_headers, insert_decisions, pretrain_model, wait_for
 
 pytestmark = pytest.mark.timeout(240)  # a learner that loops fails the test instead of hanging it
@@ -98,29 +97,9 @@ def test_the_reported_attack_is_quarantined_and_learning_goes_on_across_a_restar
 
 def _insert_live(engine: Any, state: list[float], reward: float) -> int:
     """A live transition stored straight to the database (as an old deployment did); returns its id."""
-    event = uuid.uuid4().hex
+    [event] = insert_decisions(engine, 1, built=True, state=state)
     raw = np.asarray(state, dtype="<f4").tobytes()
     with engine.begin() as conn:
-        conn.execute(
-            insert(Decision),
-            [
-                {
-                    "event_id": event,
-                    "session_id": None,
-                    "step": 0,
-                    "state": raw,
-                    "ranking": [],
-                    "item_id": "item-0",
-                    "action_index": 0,
-                    "propensity": 1.0,
-                    "explored": False,
-                    "model_version": 1,
-                    "policy_revision": 0,
-                    "created_at": utcnow(),
-                    "transition_built": True,
-                }
-            ],
-        )
         conn.execute(
             insert(LiveTransition),
             [
