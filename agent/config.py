@@ -40,6 +40,22 @@ class DQfDConfig:
     margin: float = 0.8
     """Expert margin l(a_E, a) for a ≠ a_E (0 for a = a_E). [DQfD] supplementary list, 0.8."""
 
+    q_filter: bool = False
+    """Q-filter on J_E in the online phase: the margin loss of a demonstration sample counts only while
+    Q(s, a_E) ≥ max over allowed a of Q(s, a), both from the online network, the test outside the
+    gradient. Not in [DQfD] (False keeps the paper's J_E on every demonstration): Nair et al. 2018,
+    "Overcoming exploration in reinforcement learning with demonstrations", arXiv 1709.10089, Sec. 4
+    (behaviour cloning only where Q(s, a_E) > Q(s, π(s)); with the greedy policy of DQfD, π(s) is the
+    argmax, and a tie is not "below"). Pretraining updates (``demo_only``) keep J_E unfiltered: with no
+    agent data, the other actions' values are untrained extrapolation. See docs/algorithm.md."""
+
+    margin_decay_demo_ratio: float | None = None
+    """Decay of λ2 as the agent's own data grows, in online updates: λ2 · N / (N + n_agent), with
+    N = this ratio × the demonstration transitions in the replay and n_agent the agent transitions
+    observed so far (:attr:`DQfDAgent.n_observed`). None keeps λ2 fixed, as [DQfD]. Not in the paper:
+    at ratio 1 the weight is the demonstrations' share of all transitions seen, halving when the agent
+    has gathered as many transitions as were demonstrated. See docs/algorithm.md."""
+
     td_loss: str = "huber"
     """Per-sample TD loss, "huber" (δ = 1) or "squared". Choice: [DQN] clips the TD error to [-1, 1],
     which is the Huber loss; the DQfD paper does not restate it. See docs/algorithm.md."""
@@ -127,6 +143,10 @@ class DQfDConfig:
             (0.0 <= self.gamma <= 1.0, "gamma must be in [0, 1]"),
             (self.n_step >= 1, "n_step must be >= 1"),
             (self.margin >= 0.0, "margin must be >= 0"),
+            (
+                self.margin_decay_demo_ratio is None or self.margin_decay_demo_ratio > 0.0,
+                "margin_decay_demo_ratio must be > 0 or None",
+            ),
             (self.td_loss in ("huber", "squared"), "td_loss must be 'huber' or 'squared'"),
             (self.priority_alpha >= 0.0, "priority_alpha must be >= 0"),
             (0.0 <= self.priority_beta_start <= 1.0, "priority_beta_start must be in [0, 1]"),

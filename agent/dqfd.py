@@ -7,6 +7,10 @@ Algorithm 1 of the paper, in two phases:
 2. Online (:meth:`DQfDAgent.observe` then :meth:`DQfDAgent.train_step`): act ε-greedily, add the agent's own
    transitions to the FIFO part of the replay, and sample from demonstrations and agent data together,
    prioritized. The margin loss J_E applies to the demonstration samples of each batch only.
+
+Beyond the paper, two options (off by default) let the agent's own data overrule a suboptimal
+demonstrator in online updates: ``DQfDConfig.q_filter`` and ``DQfDConfig.margin_decay_demo_ratio``
+(docs/algorithm.md, "Beyond the paper").
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from agent.losses import (
     double_dqn_bootstrap,
     margin_loss_and_argmax,
     masked,
+    q_filter,
     q_gradient,
     td_loss,
     td_loss_derivative,
@@ -39,6 +44,7 @@ from agent.numerics import flush_denormals, flush_subnormal_values
 from agent.optim import adam_step, make_adam
 from agent.progress import progress_bar
 from agent.replay import PrioritizedReplay
+from agent.schedules import decayed_margin_weight
 from agent.types import Batch, LossInfo
 from agent.validation import state_problem, transition_problem, validate_transitions
 
@@ -281,13 +287,23 @@ class DQfDAgent:
         fraction = min(1.0, self.n_updates / cfg.priority_beta_anneal_updates)
         return cfg.priority_beta_start + fraction * (cfg.priority_beta_end - cfg.priority_beta_start)
 
+    def margin_weight(self, demo_only: bool = False) -> float:
+        """λ2 as applied to the next update: ``config.lambda_margin``, decayed in online updates by
+        ``config.margin_decay_demo_ratio`` as the agent's own data grows (:mod:`agent.schedules`)."""
+        cfg = self.config
+        if demo_only:
+            return cfg.lambda_margin
+        return decayed_margin_weight(
+            cfg.lambda_margin, self.replay.demo_count, self.n_observed, cfg.margin_decay_demo_ratio
+        )
+
     def sample(self, demo_only: bool = False) -> Batch:
         """Draw one prioritized mini-batch (demonstrations only during pretraining)."""
         cfg = self.config
         indices, weights = self.replay.sample_indices(cfg.batch_size, self.beta, demo_only)
         return self.replay.gather(indices, weights, cfg.n_step, cfg.gamma, cfg.reward_transform, self.device)
 
-    def learn(self, batch: Batch) -> tuple[LossInfo, np.ndarray]:
+    def learn(self, batch: Batch, demo_only: bool = False) -> tuple[LossInfo, np.ndarray]:
         """One gradient step on J(Q) for a batch; returns the loss components and |δ| of the 1-step TD.
 
         J(Q) = J_DQ + λ1·J_n + λ2·J_E + λ3·J_L2 ([DQfD] Eq. 3), the TD and margin terms weighted per
@@ -303,12 +319,17 @@ class DQfDAgent:
         :meth:`PrioritizedReplay.update_priority`; the loss components are then those of the other rows.
         A finite gradient norm bounds every squared gradient entry, so Adam's moments and the weights
         stay finite: with this check the weights cannot become NaN or infinite.
+
+        ``demo_only`` marks a pretraining update: J_E then applies unfiltered at the full λ2; otherwise
+        ``config.q_filter`` and ``config.margin_decay_demo_ratio`` apply (beyond the paper; both off by
+        default).
         """
         with flush_denormals(self.flush_denormals):
-            return self._learn(batch)
+            return self._learn(batch, demo_only)
 
-    def _learn(self, batch: Batch) -> tuple[LossInfo, np.ndarray]:
+    def _learn(self, batch: Batch, demo_only: bool) -> tuple[LossInfo, np.ndarray]:
         cfg = self.config
+        margin_weight = self.margin_weight(demo_only)
         size = batch.states.shape[0]
         with torch.no_grad():
             # One pass of the online network over s, s_{t+1} and s_{t+n}: Q(s, ·) for the loss, and the
@@ -325,10 +346,13 @@ class DQfDAgent:
             q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
             j_dq = td_loss(q_taken, target_1, cfg.td_loss)
             j_n = td_loss(q_taken, target_n, cfg.td_loss)
-            j_e, margin_argmax = margin_loss_and_argmax(
-                q, batch.actions, cfg.margin, batch.masks, batch.is_demo
-            )
-            per_sample = j_dq + cfg.lambda_n * j_n + cfg.lambda_margin * j_e
+            # The demonstrations whose J_E counts: all of them, or (Q-filter, online updates) those whose
+            # demonstrated action the online network still values at least as high as its own choice.
+            keep = batch.is_demo
+            if cfg.q_filter and not demo_only:
+                keep = keep & q_filter(q, batch.actions, batch.masks)
+            j_e, margin_argmax = margin_loss_and_argmax(q, batch.actions, cfg.margin, batch.masks, keep)
+            per_sample = j_dq + cfg.lambda_n * j_n + margin_weight * j_e
 
             # dJ/dQ of the data loss mean_i w_i·(J_DQ,i + λ1·J_n,i + λ2·J_E,i), then back through the net.
             scale = batch.weights / size
@@ -336,7 +360,7 @@ class DQfDAgent:
                 td_loss_derivative(q_taken - target_1, cfg.td_loss)
                 + cfg.lambda_n * td_loss_derivative(q_taken - target_n, cfg.td_loss)
             )
-            margin_coefficient = torch.where(batch.is_demo, scale * cfg.lambda_margin, 0.0)
+            margin_coefficient = torch.where(keep, scale * margin_weight, 0.0)
             grad_q = q_gradient(q, batch.actions, margin_argmax, td_coefficient, margin_coefficient)
             self.online.backward_q(activations, grad_q)
 
@@ -354,12 +378,22 @@ class DQfDAgent:
             abs_td = (target_1 - q_taken).abs()
             # Every reported scalar, and the gradient norm, from one reduction and one conversion to Python.
             sums = torch.stack(
-                [batch.weights * per_sample, j_dq, j_n, j_e, q_taken, batch.is_demo.to(q.dtype)]
+                [
+                    batch.weights * per_sample,
+                    j_dq,
+                    j_n,
+                    j_e,
+                    q_taken,
+                    batch.is_demo.to(q.dtype),
+                    keep.to(q.dtype),
+                ]
             ).sum(dim=1)
             values = torch.cat([sums, j_l2.reshape(1), grad_norm.reshape(1)]).tolist()
         if not all(map(math.isfinite, values)):
             rows = _poisoned_rows(q, q_taken, target_1, target_n, per_sample, grad_q, activations)
-            return self._skip_update(batch, rows, q_taken, j_dq, j_n, j_e, per_sample, abs_td, values)
+            return self._skip_update(
+                batch, rows, keep, q_taken, j_dq, j_n, j_e, per_sample, abs_td, values, margin_weight
+            )
 
         adam_step(self.optimizer)
         if self.flush_denormals and torch.get_num_threads() > 1 and self.device.type == "cpu":
@@ -371,7 +405,7 @@ class DQfDAgent:
         if self.n_updates % cfg.target_update_period == 0:
             self.sync_target()
 
-        weighted, sum_dq, sum_n, sum_e, sum_q, n_demo, l2, _ = values
+        weighted, sum_dq, sum_n, sum_e, sum_q, n_demo, n_kept, l2, _ = values
         info = LossInfo(
             loss=weighted / size + l2,
             j_dq=sum_dq / size,
@@ -380,6 +414,8 @@ class DQfDAgent:
             j_l2=l2,
             demo_fraction=n_demo / size,
             mean_q=sum_q / size,
+            margin_weight=margin_weight,
+            margin_kept=n_kept / n_demo if n_demo else 1.0,
         )
         return info, abs_td.cpu().numpy()
 
@@ -387,6 +423,7 @@ class DQfDAgent:
         self,
         batch: Batch,
         rows: torch.Tensor,
+        keep: torch.Tensor,
         q_taken: torch.Tensor,
         j_dq: torch.Tensor,
         j_n: torch.Tensor,
@@ -394,6 +431,7 @@ class DQfDAgent:
         per_sample: torch.Tensor,
         abs_td: torch.Tensor,
         values: list[float],
+        margin_weight: float,
     ) -> tuple[LossInfo, np.ndarray]:
         """Count and report an update that is not applied; |δ| is NaN on ``rows`` (to quarantine them) and
         the loss components are those of the other rows, in float64 (finite)."""
@@ -431,6 +469,8 @@ class DQfDAgent:
                 demo_fraction=float(batch.is_demo.double().mean()),
                 mean_q=total(q_taken, good) / count,
                 skipped=1.0,
+                margin_weight=margin_weight,
+                margin_kept=int((keep & demo).sum()) / max(1, int(demo.sum())),
             )
             td = abs_td.double().cpu().numpy()
         td[rows.cpu().numpy()] = np.nan
@@ -449,7 +489,7 @@ class DQfDAgent:
         update was not applied (:meth:`learn`); the rows that made it non-finite are then quarantined.
         """
         batch = self.sample(demo_only)
-        info, abs_td = self.learn(batch)
+        info, abs_td = self.learn(batch, demo_only)
         self.replay.update_priority(batch.indices, abs_td)
         return info.as_dict()
 

@@ -95,6 +95,23 @@ def margin_loss_and_argmax(
     return loss, best_action
 
 
+def q_filter(q: torch.Tensor, expert_actions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample, whether the demonstrated action's value is not below the agent's own choice:
+    Q(s, a_E) ≥ max over allowed a of Q(s, a), bool (B,).
+
+    Nair et al. 2018 (arXiv 1709.10089, Sec. 4) apply their behaviour-cloning loss only where
+    Q(s, a_E) > Q(s, π(s)); DQfD's policy is greedy in Q, so π(s) is the allowed argmax, and a tie counts
+    as agreement (the demonstrated action is then one of the agent's own choices). No margin in the test:
+    with it (a_E ahead by l) the filter would keep J_E only where J_E is already 0. The result is an
+    indicator, outside the gradient (computed without autograd).
+
+    Example from the tests: Q = [2, 1, 0] keeps a_E = 0 and drops a_E = 1.
+    """
+    with torch.no_grad():
+        expert = q.gather(1, expert_actions.long().unsqueeze(1)).squeeze(1)
+        return expert >= masked(q, mask).amax(dim=1)
+
+
 def td_loss_derivative(errors: torch.Tensor, kind: str = "huber") -> torch.Tensor:
     """d td_loss / dQ(s, a) per sample, for TD errors δ = Q(s, a) − y: clip(δ, −1, 1) for Huber with
     δ = 1, δ itself for half the squared error (the derivatives of :func:`td_loss`)."""

@@ -56,7 +56,8 @@ class LossInfo(NamedTuple):
     j_n: float
     """n-step double-DQN TD loss."""
     j_e: float
-    """Large-margin supervised loss, averaged over the demonstration samples of the batch."""
+    """Large-margin supervised loss as applied (0 on demonstrations the Q-filter drops), averaged over the
+    demonstration samples of the batch, before λ2."""
     j_l2: float
     """Σθ² over the online network's weights and biases (unweighted)."""
     demo_fraction: float
@@ -66,6 +67,11 @@ class LossInfo(NamedTuple):
     skipped: float = 0.0
     """1.0 when the update was not applied (non-finite loss or gradient); the components are then those of
     the batch rows that did not cause it."""
+    margin_weight: float = 1.0
+    """λ2 as applied to this update (``config.lambda_margin``, decayed by ``margin_decay_demo_ratio``)."""
+    margin_kept: float = 1.0
+    """Fraction of the batch's demonstrations whose J_E counted (below 1 only with ``q_filter``; 1 when the
+    batch holds no demonstration)."""
 
     def as_dict(self) -> dict[str, float]:
         """The components as a plain dict."""

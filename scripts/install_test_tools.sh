@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system programs that the end-to-end tests drive, from Debian's packages: Chromium and
 # ChromeDriver (the dashboard test, tests/service/test_dashboard_browser.py) and Prometheus (the scrape
-# test, tests/service/test_prometheus_scrape.py). Idempotent: nothing is fetched when all are present.
+# test, tests/service/test_prometheus_scrape.py), and Compose 1.29, which validates docker-compose.yml
+# without an engine (tests/deployment/test_compose.py). Idempotent: nothing is fetched when all are present.
 # Without root or apt-get it only says what is missing; the tests then skip with that reason, except
 # under CI=true, where a missing tool is a failure.
 set -uo pipefail
@@ -9,6 +10,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

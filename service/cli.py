@@ -1,4 +1,4 @@
-"""Command line: ``python -m service migrate|import|pretrain|serve|worker|status|quickstart``.
+"""Command line: ``python -m service migrate|import|pretrain|serve|worker|status|quickstart|report``.
 
 Every expected failure is one line on stderr, ``error: ...``, naming the file row and column, the
 setting or the command to run first, and exits with status 2 (an unexpected one: status 1, with its
@@ -217,12 +217,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.host = args.host
     if args.port:
         settings.port = args.port
+    if args.no_access_log:
+        settings.access_log = False
     _announce(settings)
     if args.no_migrate:
         _require_schema(settings)
     else:
         _migrate_and_bootstrap(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
     return 0
 
 
@@ -239,7 +247,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _migrate_and_bootstrap(settings)
     engine = make_engine(settings.database_url)
     trainer = Trainer(settings, engine, make_session_factory(engine))
-    signal.signal(signal.SIGTERM, lambda *_: trainer._stop.set())
+
+    def stop_gracefully(*_: object) -> None:
+        # SIGTERM or a first Ctrl-C: the loop stops at its next check and saves its unsaved online updates
+        # (an interrupt in the middle of an update could not); a second Ctrl-C interrupts at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        trainer._stop.set()
+
+    signal.signal(signal.SIGTERM, stop_gracefully)
+    signal.signal(signal.SIGINT, stop_gracefully)
+    if settings.metrics_port is not None:  # no HTTP API here: the trainer's metrics get a port of their own
+        from service.metrics_exposition import configured_token, start_server
+
+        start_server(settings.host, settings.metrics_port, configured_token(settings.metrics_token))
     try:
         trainer.run_forever()
     except KeyboardInterrupt:
@@ -279,6 +299,30 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         settings.pretrain_steps = args.pretrain_steps
     quickstart.prepare(settings, n_sessions=args.sessions, n_items=args.items)
     return quickstart.serve(settings, check=args.check, port=args.port)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the dashboard's curves for a time range as a PNG or HTML report (``service/report.py``)."""
+    from datetime import UTC, datetime
+
+    from service import report
+    from service.store.db import make_engine, make_session_factory
+
+    now = datetime.now(UTC)
+    until = report.parse_time(args.until, "--until", now)
+    since = report.parse_time(args.since, "--since", now) if args.since else until - report.DEFAULT_SPAN
+    out = report.check_out(args.out)
+    settings = _settings(args)
+    _announce(settings)
+    _require_schema(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            data = report.write_report(session, since, until, args.buckets, out)
+    finally:
+        engine.dispose()
+    print(f"report: {out} ({sum(data['decisions'])} decisions, {len(data['per_version'])} model versions)")
+    return 0
 
 
 def _positive(text: str) -> int:
@@ -323,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--no-migrate", action="store_true")
+    p.add_argument(
+        "--no-access-log", action="store_true", help="no log line per request (DQFD_ACCESS_LOG=false)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the trainer alone (role worker)")
@@ -338,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=20, help="example catalogue size")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("report", help="the dashboard's curves for a time range as PNG or HTML")
+    p.add_argument(
+        "--since", help="start, ISO 8601 (UTC when no offset is given); default: an hour before --until"
+    )
+    p.add_argument("--until", default="now", help="end, ISO 8601 or 'now' (the default)")
+    p.add_argument(
+        "--buckets", type=_positive, default=60, help="time buckets (points per curve, at most 500)"
+    )
+    p.add_argument("--out", required=True, help="report.html (plots and tables) or report.png (plots)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -38,6 +38,8 @@ LAYER_OF: dict[str, str] = {
     "service.settings": "core",
     "service.errors": "core",
     "service.progress": "core",
+    "service.metrics": "core",  # the Prometheus metrics every layer records into
+    "service.metrics_exposition": "core",
     "service.store": "store",
     "service.ingest": "ingest",
     "service.serving": "serving",
@@ -46,6 +48,7 @@ LAYER_OF: dict[str, str] = {
     "service.api": "api",
     "service.cli": "commands",
     "service.quickstart": "commands",
+    "service.report": "commands",
     "service.__main__": "commands",
 }
 """Dotted module (or package) name → its layer; a module belongs to the layer of its longest listed prefix."""
@@ -65,8 +68,15 @@ ALLOWED: dict[str, set[str]] = {
 """Layer → the other layers its modules may import (its own layer is always allowed)."""
 
 DOORS: dict[str, set[str]] = {
-    # Building, saving and restoring agents (learning); decoding a checkpoint for serving (NumPy).
-    "agent": {"service.learning.agents", "service.serving.policy_store"},
+    # Building, saving and restoring agents (learning); decoding a checkpoint for serving (NumPy); apprentice
+    # mode's live demonstrations (agent.demonstrations.Episode) and its reports' off-policy estimates.
+    "agent": {
+        "service.learning.agents",
+        "service.serving.policy_store",
+        "service.learning.live_demos",
+        "service.learning.mode_value",
+        "service.learning.evaluation",  # off-policy estimates of stored versions (POST /admin/evaluate, gate)
+    },
     # The quickstart's example data comes from the project's simulator when it is installed.
     "simulator": {"service.quickstart"},
 }

@@ -9,13 +9,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import routes_admin, routes_health, routes_serving
+from service.api import (
+    routes_admin,
+    routes_dashboard,
+    routes_evaluation,
+    routes_health,
+    routes_metrics,
+    routes_modes,
+    routes_serving,
+)
 from service.api.errors import install_error_handlers
+from service.api.http_metrics import HttpMetricsMiddleware
 from service.api.limits import MaxBodySizeMiddleware
 from service.api.openapi import install_openapi
 from service.api.state import ServiceState
 from service.feedback.feedback_log import FeedbackWriter
 from service.learning.trainer import Trainer
+from service.metrics import mark_process_dead
 from service.serving.decision_log import DecisionWriter
 from service.serving.policy_store import PolicyStore
 from service.serving.poller import ModelPoller
@@ -83,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.unfreeze()
             state.poller.stop()
             state.engine.dispose()
+            mark_process_dead()  # multi-process metrics: drop this process's live gauges
 
     app = FastAPI(
         title="DQfD recommender",
@@ -91,9 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: counts the 413s refused before routing too
     install_error_handlers(app)
     routes_serving.add_routes(app)  # first, and not through a router: the hot path matches them first
+    routes_metrics.add_routes(app, settings)
     app.include_router(routes_health.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_evaluation.router)
+    app.include_router(routes_modes.router)  # apprentice and shadow modes
+    routes_dashboard.add_routes(app)  # read-only page + data (viewer or admin token), static files
     install_openapi(app)
     return app

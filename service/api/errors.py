@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.api.schemas import ID_PATTERN
+from service.api.serving_metrics import unavailable_reason
 from service.errors import (
     ConflictError,
     InvalidInputError,
@@ -19,6 +20,7 @@ from service.errors import (
     ServiceError,
     UnavailableError,
 )
+from service.metrics import DATABASE_ERRORS, UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         code = next((c for t, c in STATUS.items() if isinstance(exc, t)), 400)
+        if code == 503:
+            UNAVAILABLE.labels(unavailable_reason(exc)).inc()
         headers = {"Retry-After": RETRY_AFTER_S} if code == 503 and exc.retryable else None
         return JSONResponse(_body(request, exc), status_code=code, headers=headers)
 
@@ -85,6 +89,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     async def database_away(_request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
+        DATABASE_ERRORS.labels("request").inc()
+        UNAVAILABLE.labels("database").inc()
         return JSONResponse(
             {"detail": [{"msg": "the database is unavailable; retry shortly", "type": "UnavailableError"}]},
             status_code=503,

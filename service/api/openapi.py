@@ -106,6 +106,8 @@ def _act_schema(document: dict[str, Any], width: int, item_ids: list[str], n_act
     if item_ids:
         examples[0]["k"] = min(3, n_active)
         examples.append({"state": vector, "candidates": item_ids[:2], "explore": False})
+    # evaluation traffic: greedy, stored and answerable, never learned from
+    examples.append({"state": vector, "session_id": "qa-1", "explore": False, "learn": False})
     act["examples"] = examples
 
 

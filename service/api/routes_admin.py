@@ -1,4 +1,5 @@
-"""Admin API behind ``Authorization: Bearer <admin_token>``: retrain, jobs, models, activation, stats."""
+"""Admin API behind ``Authorization: Bearer <admin_token>``: retrain, jobs, models, activation, saving the
+online weights, stats."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, status
 
 from service.api.deps import SessionDep, StateDep, require_admin
-from service.api.openapi import ADMIN, BODY, error
+from service.api.openapi import ADMIN, BODY, RETRY_AFTER, error
+from service.api.routes_evaluation import models_out
+from service.api.routes_modes import mode_summary
 from service.api.schemas import ID_PATTERN, MAX_DB_ID, JobOut, ModelOut, RetrainRequest
+from service.errors import ConflictError
 from service.ingest.catalogue import load_catalogue, set_item_active
 from service.serving.model_check import validate_checkpoint
 from service.store import jobs, registry, shape
@@ -50,8 +54,9 @@ def get_job(job_id: DbId, session: SessionDep) -> Any:
 
 @router.get("/models", response_model=list[ModelOut])
 def list_models(session: SessionDep) -> Any:
-    """All model versions, newest first."""
-    return registry.list_versions(session)
+    """All model versions, newest first, each with its latest off-policy evaluation and promotion-gate
+    verdict (``evaluation`` and ``gate``; None when there is none)."""
+    return models_out(session, registry.list_versions(session))
 
 
 @router.post(
@@ -79,6 +84,39 @@ def activate(version: DbId, state: StateDep, session: SessionDep) -> Any:
     return row
 
 
+@router.post(
+    "/save",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    responses={
+        409: error("this process runs no trainer (DQFD_ROLE=api), or the trainer diverged"),
+        503: error(
+            "no model yet, the trainer is busy or stopping, a retrained version is being adopted, or the "
+            "database is unavailable (Retry-After)",
+            headers=RETRY_AFTER,
+        ),
+    },
+)
+def save(state: StateDep, session: SessionDep) -> Any:
+    """Save the trainer's current online weights as a new model version now, and return it.
+
+    The version is saved exactly as the periodic online save (every DQFD_SAVE_EVERY_UPDATES updates)
+    saves one: source ``online``, its parent the version the trainer continued from, and active (these
+    are the weights this replica already serves; the trainer follows the active version, so an inactive
+    save would be dropped on its next iteration). With the promotion gate on (DQFD_PROMOTION_GATE) the
+    gate judges it first: ``gate`` says whether it passed, and a version held back is stored inactive
+    while the trainer keeps learning from it. Only the process that runs the trainer can answer:
+    role ``all`` (a ``worker`` saves on its schedule and when it stops).
+    """
+    if state.trainer is None:
+        raise ConflictError(
+            f"this process runs no trainer (DQFD_ROLE={state.settings.role}): the worker saves every "
+            "DQFD_SAVE_EVERY_UPDATES updates and when it stops"
+        )
+    version = state.trainer.save_now()
+    return models_out(session, [registry.get_version(session, version)])[0]
+
+
 @router.post("/items/{item_id}/active", responses={404: error("no such item")})
 def set_item(item_id: ItemIdPath, active: bool, session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Activate (``?active=true``) or deactivate an item; deactivated items are never recommended."""
@@ -101,4 +139,5 @@ def stats(state: StateDep, session: SessionDep) -> dict[str, Any]:
             "fallback": state.store.fallback,
         },
         "trainer": state.trainer.status() if state.trainer is not None else None,
+        "modes": mode_summary(state, session),  # apprentice and shadow modes (routes_modes)
     }

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.schemas_evaluation import EvaluationOut, PromotionOut
 from service.settings import Settings
 
 # Strict JSON numbers: an integer or a float, never a numeric string or a boolean; never NaN or ±inf.
@@ -44,6 +45,7 @@ class ActRequest(BaseModel):
             "examples": [
                 {"state": [0.1, -0.3, 0.5, 0.0], "session_id": "user-42", "k": 3},
                 {"state": [0.1, -0.3, 0.5, 0.0], "candidates": ["item-1", "item-7"], "explore": False},
+                {"state": [0.1, -0.3, 0.5, 0.0], "session_id": "qa-7", "explore": False, "learn": False},
             ]
         },
     )
@@ -59,7 +61,36 @@ class ActRequest(BaseModel):
     exclude: list[ItemId] | None = Field(default=None, description="never choose these")
     k: StrictInt = Field(default=1, ge=1, description="ranking length (an integer, not a boolean)")
     explore: StrictBool | None = Field(
-        default=None, description="ε-greedy with the configured ε; false = greedy"
+        default=None, description="explore as configured (ε-greedy or softmax); false = greedy"
+    )
+    exploration: Literal["epsilon", "softmax"] | None = Field(
+        default=None, description="override DQFD_EXPLORATION for this request: ε-greedy or softmax over Q"
+    )
+    epsilon: FiniteFloat | None = Field(
+        default=None, ge=0.0, le=1.0, description="override DQFD_EPSILON (exploration 'epsilon' only)"
+    )
+    temperature: FiniteFloat | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e6,
+        description="override DQFD_SOFTMAX_TEMPERATURE (exploration 'softmax' only), in Q-value units",
+    )
+    learn: StrictBool = Field(
+        default=True,
+        description="false = evaluation or QA traffic: the decision is stored (marked) and takes feedback, "
+        "but is never learned from",
+    )
+    baseline_item: ItemId | None = Field(
+        default=None,
+        description="the incumbent recommender's own choice (an active item the request allows): served "
+        "instead of the model's in apprentice mode, logged beside it otherwise",
+    )
+    baseline_propensity: FiniteFloat | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="the incumbent's probability of baseline_item, when known: off-policy estimates of the "
+        "model against the incumbent need it",
     )
 
 
@@ -76,10 +107,20 @@ class ActResponse(BaseModel):
     event_id: str
     item_id: str
     ranking: list[RankedItem]
-    propensity: float = Field(description="probability of the chosen item under the serving policy")
+    propensity: float = Field(
+        description="exact probability of the chosen item under the policy that served it (exploration, "
+        "candidates and exclusions included)"
+    )
     model_version: int
     policy_revision: int = Field(description="online updates the serving weights include")
     explored: bool
+    learn: bool = Field(description="whether the decision may be learned from (the request's learn)")
+    served_by: Literal["model", "baseline"] = Field(
+        default="model", description="baseline: apprentice mode served the request's baseline_item"
+    )
+    model_item_id: str | None = Field(
+        default=None, description="in apprentice mode, the item the model would have served (else null)"
+    )
 
 
 class FeedbackRequest(BaseModel):
@@ -156,3 +197,5 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     is_active: bool
     activated_at: datetime | None
+    evaluation: EvaluationOut | None = Field(default=None, description="its latest off-policy evaluation")
+    gate: PromotionOut | None = Field(default=None, description="the promotion gate's latest verdict on it")

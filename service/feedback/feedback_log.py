@@ -92,9 +92,9 @@ class FeedbackWriter(GroupCommitWriter[FeedbackPost, FeedbackResult]):
         decisions = {
             row.event_id: row
             for row in conn.execute(
-                select(Decision.event_id, Decision.created_at, Decision.transition_built).where(
-                    Decision.event_id.in_(events)
-                )
+                select(
+                    Decision.event_id, Decision.created_at, Decision.transition_built, Decision.learn
+                ).where(Decision.event_id.in_(events))
             )
         }
         stored: dict[str, list[StoredFeedback]] = {event: [] for event in events}

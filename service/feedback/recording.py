@@ -33,10 +33,11 @@ class FeedbackResult:
 
 
 class DecisionFacts(Protocol):
-    """The two columns of a decision the verdict needs (a result row or any object with them)."""
+    """The columns of a decision the verdict needs (a result row or any object with them)."""
 
     created_at: datetime
     transition_built: bool
+    learn: bool
 
 
 class StoredFeedback(Protocol):
@@ -109,7 +110,9 @@ def judge(
         raise ConflictError(
             f"the reward window of {reward_window_s:g} s for this event has closed", "event_id"
         )
-    if decision.transition_built:
+    # A decision not to learn from is stored as built (never pending) but has no transition: its feedback
+    # is kept, within the window, as any other.
+    if decision.transition_built and decision.learn:
         raise ConflictError("this event's transition was already learned from", field="event_id")
     return None
 
@@ -143,7 +146,9 @@ def record_feedback(
     now = now or utcnow()
     for attempt in range(2):
         decision = session.execute(
-            select(Decision.created_at, Decision.transition_built).where(Decision.event_id == event_id)
+            select(Decision.created_at, Decision.transition_built, Decision.learn).where(
+                Decision.event_id == event_id
+            )
         ).first()
         if decision is None:
             raise unknown_event(event_id)

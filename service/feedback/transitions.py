@@ -29,6 +29,17 @@ class Transition:
     truncated: bool
     mask: np.ndarray | None
     next_mask: np.ndarray | None
+    demonstration: bool = False
+    """The incumbent's (an apprentice decision's): for the demonstration part of the replay."""
+
+
+@dataclass(frozen=True)
+class ReadyFacts:
+    """What the metrics need to know of a built transition (service.metrics): the model version that
+    served its decision, and when it became ready (its reward and next state known)."""
+
+    model_version: int
+    ready_at: datetime
 
 
 def to_transition(row: LiveTransition, n_actions: int) -> Transition:
@@ -47,6 +58,7 @@ def to_transition(row: LiveTransition, n_actions: int) -> Transition:
         row.truncated,
         decode_mask(row.mask, n_actions),
         decode_mask(row.next_mask, n_actions),
+        bool(row.demonstration),
     )
 
 
@@ -58,6 +70,7 @@ def build_ready_transitions(
     aggregation: str,
     limit: int = 1000,
     now: datetime | None = None,
+    facts: dict[str, ReadyFacts] | None = None,
 ) -> list[LiveTransition]:
     """Turn the decisions whose reward and next state are known into stored live transitions (at most
     ``limit`` per call).
@@ -67,9 +80,18 @@ def build_ready_transitions(
     state is the state of the session's next decision; a decision without a session, or with
     ``done`` feedback, is terminal; a session with no next decision within the window is truncated.
 
+    Decisions served with ``"learn": false`` (evaluation traffic) never become transitions: the API
+    stores them as built, and one found unbuilt is marked so here. They still count as their session's
+    next decision: a learning step followed by an evaluation step gets that step's state as its next
+    state (the state its action led to, bootstrapped from), and the chain ends there (the evaluation
+    step's action and reward never enter the replay, so the next learning step starts a new episode
+    in the agent's replay and no n-step return runs across the evaluation step).
+
     Feedback is learned in the order it arrives, whatever the number of decisions still waiting: the
     decisions with feedback are read in feedback order (keyset pages on ``Feedback.id``), then those
     whose window closed, oldest first. Decisions still waiting without feedback are never read.
+
+    ``facts``, when given, receives the :class:`ReadyFacts` of each built transition by event id.
     """
     now = now or utcnow()
     closed_before = now - timedelta(seconds=reward_window_s + WINDOW_GRACE_S)
@@ -89,7 +111,9 @@ def build_ready_transitions(
                 break
             cursor = page[-1][0]
             unique = {d.event_id: d for _, d in page if not d.transition_built}
-            built += _build(session, list(unique.values()), closed_before, default_reward, aggregation, now)
+            built += _build(
+                session, list(unique.values()), closed_before, default_reward, aggregation, now, facts
+            )
             if len(page) < page_rows:
                 break
     while len(built) < limit:
@@ -104,9 +128,9 @@ def build_ready_transitions(
         )
         if not closed:
             break
-        made = _build(session, closed, closed_before, default_reward, aggregation, now)
+        made = _build(session, closed, closed_before, default_reward, aggregation, now, facts)
         built += made
-        if not made:  # cannot happen (a closed window always builds); never loop on it
+        if not made:  # a page of unlearned decisions only (now marked): the next call goes on
             break
     session.commit()
     return built
@@ -119,6 +143,7 @@ def _build(
     default_reward: float,
     aggregation: str,
     now: datetime,
+    facts: dict[str, ReadyFacts] | None = None,
 ) -> list[LiveTransition]:
     """The live transitions of those ``pending`` decisions that are ready (added to ``session``)."""
     if not pending:
@@ -128,13 +153,16 @@ def _build(
         feedback.setdefault(fb.event_id, []).append(fb)
     built: list[LiveTransition] = []
     for decision in pending:
+        if not decision.learn:  # evaluation traffic is never learned from (the API stores it as built)
+            decision.transition_built = True
+            continue
         rows = feedback.get(decision.event_id, [])
         window_closed = as_utc(decision.created_at) <= closed_before
         if not window_closed and (not rows or aggregation == "sum"):
             continue
         reward = float(sum(r.reward for r in rows)) if rows else default_reward
         done = any(r.done for r in rows) or decision.session_id is None
-        next_state = next_mask = None
+        next_state = next_mask = successor = None
         truncated = False
         if not done:
             successor = session.scalar(
@@ -162,9 +190,18 @@ def _build(
             next_mask=next_mask,
             default_reward_used=not rows,
             created_at=now,
+            demonstration=decision.apprentice,  # the incumbent's choice was served: a live demonstration
         )
         decision.transition_built = True
         session.add(row)
         built.append(row)
+        if facts is not None:
+            closes = as_utc(decision.created_at) + (now - closed_before)  # when it is built without feedback
+            known = [max(as_utc(r.created_at) for r in rows)] if rows and aggregation != "sum" else [closes]
+            if successor is not None:
+                known.append(as_utc(successor.created_at))
+            elif truncated:
+                known.append(closes)
+            facts[decision.event_id] = ReadyFacts(decision.model_version, max(known))
     session.flush()
     return built

@@ -18,14 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from service.ingest.catalogue import load_catalogue
-from service.learning import agents, publishing
+from service.learning import agents, evaluation_job, promotion, publishing
 from service.learning.demos import count_demonstrations
 from service.learning.handoff import Handoff, TrainedAgent
 from service.learning.replay import ReplayLoader
+from service.metrics import DATABASE_ERRORS, record_jobs
 from service.progress import progress_bar
 from service.settings import Settings
 from service.store import jobs, registry, shape
-from service.store.db import session_scope
+from service.store.db import database_unavailable, session_scope
 from service.store.models import TrainingJob
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,12 @@ class JobRunner:
             return job.id
 
     def claim(self) -> TrainingJob | None:
-        """The oldest queued job, now marked running (None when none is queued)."""
+        """The oldest queued job, now marked running (None when none is queued); the jobs by state are
+        read for the metrics on the way (the worker process has no model poller to read them)."""
         with self.sessions() as session:
-            return jobs.claim_next_job(session)
+            claimed = jobs.claim_next_job(session)
+            record_jobs(jobs.count_by_state(session))
+            return claimed
 
     def loop(self) -> None:
         """Claim and run jobs one at a time until stopped (the job thread)."""
@@ -105,12 +109,17 @@ class JobRunner:
                 self.last_error = None
             except Exception as exc:  # the database may be away: retry; the online loop is unaffected
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if database_unavailable(exc):
+                    DATABASE_ERRORS.labels("jobs").inc()
                 log.exception("training job loop failed; retrying")
                 self.stop.wait(min(5.0, poll * 5))
 
     def execute(self, job: TrainingJob, hand_off: bool = False) -> TrainedAgent | None:
         """Run a claimed job; a failure is recorded on its row (None), never raised."""
         try:
+            if job.kind == evaluation_job.KIND:  # an off-policy evaluation: no agent to train or hand over
+                evaluation_job.run_evaluate_job(self.sessions, self.settings, job, self._check_stop)
+                return None
             return self.train(job, hand_off=hand_off)
         except JobInterruptedError:
             log.warning("job %s interrupted: the trainer is stopping", job.id)
@@ -194,6 +203,8 @@ class JobRunner:
             "live_transitions": filled.live,
         }
         checkpoint = agents.agent_to_bytes(agent)  # outside the lock: the online loop may wait on it
+        if activate and job.kind == "retrain" and promotion.enabled(self.settings):
+            return self._gated_commit(job, agent, checkpoint, state_dim, catalogue, metrics, filled, hand_off)
 
         def commit() -> TrainedAgent:
             with session_scope(self.sessions) as session:
@@ -201,6 +212,34 @@ class JobRunner:
                     session, job, agent, checkpoint, state_dim, catalogue, metrics, activate
                 )
             return TrainedAgent(agent, catalogue, version, activate, filled)
+
+        return self.handoff.deliver(commit, hand_over=hand_off)
+
+    def _gated_commit(
+        self,
+        job: TrainingJob,
+        agent: Any,
+        checkpoint: bytes,
+        state_dim: int,
+        catalogue: Any,
+        metrics: dict[str, Any],
+        filled: Any,
+        hand_off: bool,
+    ) -> TrainedAgent:
+        """With the promotion gate on: store the retrained version inactive, judge it against the active
+        one, and activate it (handing its agent over) only when it passed."""
+        with session_scope(self.sessions) as session:
+            version = publishing.save_job_version(
+                session, job, agent, checkpoint, state_dim, catalogue, metrics, False, finish=False
+            )
+        with session_scope(self.sessions) as session:
+            verdict = promotion.judge(session, self.settings, version, checkpoint)
+
+        def commit() -> TrainedAgent:
+            passed = verdict.passed and promotion.activate_if_unchanged(self.sessions, verdict, job.kind)
+            with session_scope(self.sessions) as session:  # succeeded only once its fate is settled
+                promotion.record_job_verdict(session, job.id, verdict)
+            return TrainedAgent(agent, catalogue, version, passed, filled)
 
         return self.handoff.deliver(commit, hand_over=hand_off)
 

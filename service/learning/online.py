@@ -15,11 +15,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.errors import ModelInvalidError, ModelUnservableError
-from service.feedback.transitions import build_ready_transitions, to_transition
+from service.feedback.transitions import ReadyFacts, build_ready_transitions, to_transition
 from service.ingest.catalogue import Catalogue, load_catalogue
-from service.learning import agents, publishing
+from service.learning import agents, promotion, publishing, trainer_metrics
 from service.learning.handoff import Handoff, TrainedAgent
+from service.learning.history import TrainingHistory
 from service.learning.replay import Filled, Quarantine, ReplayLoader
+from service.metrics import record_losses
 from service.serving.model_check import probe_problem
 from service.serving.policy_store import PolicyStore
 from service.settings import Settings
@@ -52,6 +54,8 @@ class OnlineLoop:
         self.live_size = 0
         self.transitions_seen = 0
         self.last_losses: dict[str, float] = {}
+        self.history = TrainingHistory()
+        """Update counts and losses over time (the dashboard's trainer charts), in memory."""
         self.quarantined = 0
         """Rows the agent's guards refused (poisoned: non-finite or out of range), counted on each load."""
         self.sampling_error: str | None = None
@@ -59,6 +63,9 @@ class OnlineLoop:
         self.quarantine = Quarantine()
         self.failed_version: int | None = None
         """A version that failed to load or does not fit: not tried again until another is active."""
+        self.line_active: int | None = None
+        """The active version this agent's line continues (with the promotion gate on, its saves may be
+        held back: it keeps learning from them, and follows only another version's activation)."""
         self._updates_since_publish = 0
         self._updates_since_save = 0
         self._last_publish = time.monotonic()
@@ -68,6 +75,8 @@ class OnlineLoop:
         self.quarantined, self.quarantine, self.sampling_error = filled.quarantined, Quarantine(), None
         self._updates_since_publish = self._updates_since_save = 0
         self.agent, self.catalogue, self.base_version = agent, catalogue, version
+        self.line_active = version
+        trainer_metrics.record_replay(self.demo_size, self.live_buffer, version)
         self.publish()
 
     def adopt_trained(self, trained: TrainedAgent) -> None:
@@ -114,7 +123,9 @@ class OnlineLoop:
         if finished is not None:
             self.adopt_trained(finished)  # an activation after it is followed on the next call
             return
-        if active is None or active in (self.base_version, self.failed_version):
+        if active is not None and active == self.base_version:
+            self.line_active = active
+        if active is None or active in (self.base_version, self.failed_version, self.line_active):
             return
         with self.sessions() as session:
             checkpoint = registry.load_checkpoint(session, active)
@@ -143,25 +154,36 @@ class OnlineLoop:
         if self.agent is None:
             return 0
         s = self.settings
+        facts: dict[str, ReadyFacts] = {}
         with self.sessions() as session:
             rows = build_ready_transitions(
                 session,
                 reward_window_s=s.reward_window_s,
                 default_reward=s.default_reward,
                 aggregation=s.aggregation,
+                facts=facts,
             )
             transitions = [(row.id, to_transition(row, self.catalogue.n_actions)) for row in rows]
+        trainer_metrics.record_built(rows, facts)
         updates = 0
-        for row_id, t in transitions:
+        for row, (row_id, t) in zip(rows, transitions, strict=True):
             # A poisoned row is skipped (and counted); the ones after it are still learned.
+            demos_before = self.agent.n_demonstrations if t.demonstration else 0
             if not self.quarantine.observe_transition(self.agent, t, row_id):
                 self.quarantined += 1
                 continue
-            self.live_size += 1
+            if t.demonstration:  # the incumbent's (apprentice mode): the demonstration part grows
+                self.demo_size += self.agent.n_demonstrations - demos_before
+            else:
+                self.live_size += 1
             self.transitions_seen += 1
             updates += self._train(s.updates_per_transition)
+            trainer_metrics.record_learned(facts.get(row.event_id))
+        if rows:
+            trainer_metrics.record_replay(self.demo_size, self.live_buffer, self.base_version)
         self._updates_since_publish += updates
         self._updates_since_save += updates
+        self.history.record(updates, self.last_losses, len(transitions))
         if self.handoff.pending:
             # A retrained agent is adopted next iteration: publishing or saving this one now would put
             # its (older) version back in front of the retrained one.
@@ -172,6 +194,8 @@ class OnlineLoop:
             return updates
         if self._updates_since_save >= s.save_every_updates:
             self.save_online_version()
+        elif promotion.enabled(s):
+            pass  # with the gate on, only a version that passed it is served: nothing between saves
         elif self._updates_since_publish >= s.publish_every_updates or (
             self._updates_since_publish > 0 and time.monotonic() - self._last_publish >= s.publish_every_s
         ):
@@ -185,6 +209,7 @@ class OnlineLoop:
         for done in range(steps):
             try:
                 self.last_losses = agents.float_losses(self.agent.train_step())
+                record_losses(self.last_losses)
             except RuntimeError as exc:
                 if self.sampling_error is None:
                     log.warning("online update skipped: the replay cannot be sampled: %s", exc)
@@ -193,25 +218,42 @@ class OnlineLoop:
             self.sampling_error = None
         return steps
 
-    def save_online_version(self) -> int | None:
-        """Store the online-trained weights as a new, active model version; None when a finished job's
-        agent is waiting to be adopted (its version stays the active one)."""
+    def save_online_version(self, judge: bool = True) -> int | None:
+        """Store the online-trained weights as a new model version, active (gate off) or judged by the
+        promotion gate (``judge`` false: held unjudged, e.g. as the trainer stops); None when a finished
+        job's agent is waiting to be adopted (its version stays the active one)."""
         checkpoint = agents.agent_to_bytes(self.agent)
+        gated = promotion.enabled(self.settings)
 
         def commit() -> int:
             with session_scope(self.sessions) as session:
                 return publishing.save_online_version(
-                    session, self.agent, checkpoint, self.catalogue, self.base_version, self.last_losses
+                    session,
+                    self.agent,
+                    checkpoint,
+                    self.catalogue,
+                    self.base_version,
+                    self.last_losses,
+                    activate=not gated,
                 )
 
         version = self.handoff.unless_pending(commit)
         if version is None:
             return None
         self.base_version = version
+        trainer_metrics.record_replay(self.demo_size, self.live_buffer, version)
         self._updates_since_save = 0
-        self.publish()
+        # Gate off: active on save. Gate on: judged, and served only when it passed.
+        if not gated or promotion.judge_online_save(self, version, checkpoint, judge):
+            self.line_active = version
+            self.publish()
         log.info("saved online model version %s", version)
         return version
+
+    @property
+    def updates_since_save(self) -> int:
+        """Online updates made since the last saved or adopted version (lost on a crash, saved on stop)."""
+        return self._updates_since_save
 
     @property
     def live_buffer(self) -> int:

@@ -28,9 +28,10 @@ def save_job_version(
     catalogue: Catalogue,
     metrics: dict[str, Any],
     activate: bool,
+    finish: bool = True,
 ) -> int:
-    """Save a job's trained agent as a new model version (activated or not) and mark the job succeeded;
-    returns the version number."""
+    """Save a job's trained agent as a new model version (activated or not) and mark the job succeeded
+    (not yet without ``finish``: the promotion gate judges it first); returns the version number."""
     version = registry.save_version(
         session,
         checkpoint=checkpoint,
@@ -45,11 +46,12 @@ def save_job_version(
         activate=activate,
     ).version
     row = session.get(TrainingJob, job.id)
-    row.status = "succeeded"
-    row.progress = 1.0
     row.metrics = metrics
     row.model_version = version
-    row.finished_at = utcnow()
+    if finish:
+        row.status = "succeeded"
+        row.progress = 1.0
+        row.finished_at = utcnow()
     return version
 
 
@@ -60,8 +62,10 @@ def save_online_version(
     catalogue: Catalogue,
     parent_version: int | None,
     losses: dict[str, float],
+    activate: bool = True,
 ) -> int:
-    """Save the online-trained weights as a new, active model version; returns its number."""
+    """Save the online-trained weights as a new model version, active unless ``activate`` is false (the
+    promotion gate decides after the save); returns its number."""
     live_total = session.scalar(select(func.count()).select_from(LiveTransition))
     return registry.save_version(
         session,
@@ -73,7 +77,7 @@ def save_online_version(
         source="online",
         n_updates=int(agent.n_updates),
         parent_version=parent_version,
-        activate=True,
+        activate=activate,
     ).version
 
 

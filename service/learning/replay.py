@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.feedback.transitions import to_transition
 from service.ingest.catalogue import Catalogue
+from service.learning import live_demos
 from service.learning.demos import count_demonstrations, iter_demonstrations
 from service.settings import Settings
 from service.store.models import LiveTransition
@@ -43,7 +44,12 @@ class Filled(NamedTuple):
 
 
 def observe(agent: Any, t: Any) -> None:
-    """Store one live transition in the agent's replay (``ValueError`` when the agent refuses it)."""
+    """Store one live transition in the agent's replay (``ValueError`` when the agent refuses it): the
+    incumbent's (apprentice mode) in the demonstration part (:mod:`service.learning.live_demos`), every
+    other one in the agent part."""
+    if getattr(t, "demonstration", False):
+        live_demos.add(agent, t)
+        return
     agent.observe(t.state, t.action, t.reward, t.next_state, t.done, t.mask, t.next_mask)
 
 
@@ -126,17 +132,47 @@ class ReplayLoader:
         finally:
             chunks.close()  # release the database cursor now, also when interrupted
         quarantine = Quarantine()
+        live_demos.track(agent, self.settings.apprentice_max_demonstrations)
+        demonstrated, last_demo_id = self.replay_live_demonstrations(agent, catalogue, quarantine)
         live, last_live_id = self.replay_live(agent, catalogue, quarantine)
-        return Filled(loaded, live, last_live_id, getattr(agent, "n_rejected_rows", 0) + quarantine.count)
+        rejected = getattr(agent, "n_rejected_rows", 0) + quarantine.count
+        return Filled(loaded + demonstrated, live, max(last_demo_id, last_live_id), rejected)
+
+    def replay_live_demonstrations(
+        self, agent: Any, catalogue: Catalogue, quarantine: Quarantine
+    ) -> tuple[int, int]:
+        """Add the stored live demonstrations (the oldest, up to the agent's bound) as demonstrations;
+        returns how many were added and the newest id read (0 when none)."""
+        limit = live_demos.tally(agent).limit
+        count = last_id = 0
+        with self.sessions() as session:
+            rows = list(
+                session.scalars(
+                    select(LiveTransition)
+                    .where(LiveTransition.demonstration.is_(True))
+                    .order_by(LiveTransition.id)
+                    .limit(limit)
+                )
+            )
+        for row in rows:
+            count += quarantine.observe(agent, row, catalogue.n_actions)
+            last_id = row.id
+        return count, last_id
 
     def replay_live(self, agent: Any, catalogue: Catalogue, quarantine: Quarantine) -> tuple[int, int]:
-        """Observe the stored live transitions again (newest ``replay_capacity`` ones) in order; returns
-        how many were observed and the newest id read (0 when none). Refused rows go to ``quarantine``."""
+        """Observe the stored agent-part live transitions again (the newest ``replay_capacity``; not the
+        live demonstrations) in order; returns how many were observed and the newest id read (0 when
+        none). Refused rows go to ``quarantine``."""
         capacity = getattr(agent.config, "replay_capacity", None) or 1_000_000
         count = last_id = 0
         with self.sessions() as session:
             newest = list(
-                session.scalars(select(LiveTransition).order_by(LiveTransition.id.desc()).limit(capacity))
+                session.scalars(
+                    select(LiveTransition)
+                    .where(LiveTransition.demonstration.is_(False))  # the incumbent's: see above
+                    .order_by(LiveTransition.id.desc())
+                    .limit(capacity)
+                )
             )
         for row in reversed(newest):
             count += quarantine.observe(agent, row, catalogue.n_actions)

@@ -23,15 +23,19 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.errors import UnavailableError
 from service.learning import agents
+from service.learning.apprentice_gate import ApprenticeGate
 from service.learning.handoff import Handoff
 from service.learning.job_runner import JobRunner
 from service.learning.online import OnlineLoop
 from service.learning.replay import ReplayLoader
+from service.learning.saving import SaveRequests, save_unsaved
+from service.metrics import DATABASE_ERRORS
 from service.serving.policy_store import PolicyStore
 from service.settings import Settings
 from service.store import jobs
-from service.store.db import session_scope
+from service.store.db import database_unavailable, session_scope
 from service.store.models import TrainingJob
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ class Trainer:
         self.replays = ReplayLoader(settings, engine, session_factory)
         self.job_runner = JobRunner(settings, engine, session_factory, self.replays, handoff, self._stop)
         self.online_loop = OnlineLoop(settings, session_factory, store, self.replays, handoff)
+        self.save_requests = SaveRequests()
+        self.apprentice_gate = ApprenticeGate(settings, session_factory)  # hands serving to the model
 
     # The online loop's state, read through the trainer (the API's stats, the CLI, the tests).
     agent = _online("agent", "The online agent (None before the first version is adopted).")
@@ -92,6 +98,7 @@ class Trainer:
     live_size = _online("live_size", "Live transitions observed by the online agent.")
     transitions_seen = _online("transitions_seen", "Live transitions learned from since this start.")
     last_losses = _online("last_losses", "The losses of the online loop's last update.")
+    history = _online("history", "Update counts and losses over time (in memory, for the dashboard).")
     _failed_version = _online("failed_version", "A version the online loop could not adopt.")
 
     @property
@@ -118,10 +125,12 @@ class Trainer:
         """Ask both loops to stop and wait for them (a running job is failed as interrupted)."""
         self._stop.set()
         deadline = time.monotonic() + timeout
-        # The online loop first: it joins the job thread it started when it ends.
+        # The online loop first: it saves its unsaved updates, then joins the job thread it started.
         for thread in (self._thread, self._job_thread):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        if self.alive:
+            log.warning("the trainer did not stop within %.0f s: unsaved online updates may be lost", timeout)
 
     @property
     def alive(self) -> bool:
@@ -141,7 +150,7 @@ class Trainer:
     def run_forever(self) -> None:
         """Run the online loop until stopped, with training jobs on a thread of their own; errors are
         logged, never fatal."""
-        started = False
+        started = clean = False
         self._last_success = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -158,11 +167,17 @@ class Trainer:
                     self._last_success = time.monotonic()
                 except Exception as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
+                    if database_unavailable(exc):
+                        DATABASE_ERRORS.labels("trainer").inc()
                     log.exception("trainer step failed; retrying")
                     self._stop.wait(min(5.0, self.settings.trainer_poll_s * 5))
                 self._stop.wait(self.settings.trainer_poll_s)
+            clean = True
         finally:
             self._stop.set()  # also when leaving on an exception (KeyboardInterrupt in the worker)
+            if clean:  # not after an exception, which may have left the agent half-way through an update
+                self.save_requests.answer(self.online_loop)  # a save asked for meanwhile is done first
+                save_unsaved(self.online_loop)
             job_thread = self._job_thread
             if job_thread is not None:
                 job_thread.join(JOB_THREAD_JOIN_S)
@@ -183,9 +198,14 @@ class Trainer:
 
     def online_step(self) -> None:
         """One iteration of the online loop: adopt a finished job's agent or follow the active version,
-        then learn from new transitions."""
-        self.sync_active_version()
-        self.learn_online()
+        then learn from new transitions and let the gate judge apprentice mode; then answer the save
+        requests made meanwhile."""
+        try:
+            self.sync_active_version()
+            self.learn_online()
+            self.apprentice_gate.maybe_check()  # off the request path: see its module
+        finally:
+            self.save_requests.answer(self.online_loop)  # on this thread: the only one using the agent
 
     def ensure_initial_pretrain(self) -> int | None:
         """Queue a pretrain job when there is no model yet but there are demonstrations."""
@@ -217,6 +237,14 @@ class Trainer:
     def save_online_version(self) -> int | None:
         """Store the online-trained weights as a new, active model version (None: a job's agent waits)."""
         return self.online_loop.save_online_version()
+
+    def save_now(self) -> int:
+        """Save the online weights as a new, active version now (``POST /admin/save``) and return it; the
+        online loop's thread does it within one poll interval. Raises a ServiceError saying why not (see
+        :func:`service.learning.saving.save_now`; UnavailableError when the loop is not running)."""
+        if not self.alive:
+            raise UnavailableError("the trainer is not running (starting or stopping)")
+        return self.save_requests.wait(self.save_requests.submit())
 
     def problems(self) -> list[str]:
         """What is wrong with learning, one line each (/readyz and /admin/stats): stalled (no successful
@@ -251,6 +279,7 @@ class Trainer:
             "demonstration_buffer": online.demo_size,
             "live_buffer": online.live_buffer,
             "live_transitions_learned": online.transitions_seen,
+            "updates_since_save": online.updates_since_save,
             "last_losses": online.last_losses,
             "last_error": self.last_error,
             "last_job_error": self.job_runner.last_error,

@@ -67,6 +67,25 @@ def allowed_mask(
     return mask, narrowed
 
 
+def softmax_probabilities(q: np.ndarray, temperature: float) -> np.ndarray:
+    """``exp(q / temperature)`` normalised, in float64. The maximum is subtracted before dividing, so no
+    temperature, however small, overflows: every exponent is ≤ 0 and the best item's is exactly 0."""
+    z = np.asarray(q, dtype=np.float64)
+    weights = np.exp((z - z.max()) / temperature)
+    return weights / weights.sum()
+
+
+def softmax_draw(q: np.ndarray, temperature: float, uniform: float) -> tuple[int, float]:
+    """An index drawn from :func:`softmax_probabilities` by inverse CDF with one uniform number in [0, 1),
+    and its probability. An item of probability 0 (underflow at a tiny temperature) is never drawn."""
+    probs = softmax_probabilities(q, temperature)
+    cdf = np.cumsum(probs)
+    index = min(int(np.searchsorted(cdf, uniform * cdf[-1], side="right")), probs.shape[0] - 1)
+    while probs[index] <= 0.0:  # round-off at the top of the CDF: step back to an item that can be drawn
+        index -= 1
+    return index, float(probs[index])
+
+
 def choose(
     policy: ServingPolicy,
     state: list[float],
@@ -76,8 +95,17 @@ def choose(
     k: int,
     epsilon: float,
     max_abs_state: float | None = None,
+    exploration: str = "epsilon",
+    temperature: float = 1.0,
 ) -> Choice:
-    """ε-greedy choice over the allowed items with the ranking of the top-k by Q-value.
+    """An exploring choice over the allowed items with the ranking of the top-k by Q-value.
+
+    ``exploration`` "epsilon": ε-greedy, the greedy item with probability 1 − ε + ε/n, each other allowed
+    item with ε/n (n allowed items); ties are broken deterministically, so the greedy item is a function
+    of the state and the allowed set and that propensity is exact. "softmax": Boltzmann over the allowed
+    items' Q-values, ``p_a ∝ exp(Q_a / temperature)``, propensity ``p_a`` of the served item. ``epsilon``
+    0 with "epsilon" is greedy (propensity 1). The propensity is always the probability of the served
+    item under the policy that drew it, with the candidates and exclusions applied.
 
     A request that narrows nothing (no candidates, no exclusions, every item active) skips the mask:
     its allowed items are all actions, and the result is the one the masked path would give.
@@ -127,13 +155,18 @@ def choose(
     ranked = (order if allowed is None else allowed[order]).tolist()
     greedy = ranked[0]
     rng = _rng()
-    explored = epsilon > 0 and rng.random() < epsilon
-    if explored:
-        drawn = int(rng.integers(n_allowed))
+    if exploration == "softmax":
+        drawn, propensity = softmax_draw(allowed_q, temperature, rng.random())
         action = drawn if allowed is None else int(allowed[drawn])
+        explored = action != greedy
     else:
-        action = greedy
-    propensity = epsilon / n_allowed + (1.0 - epsilon if action == greedy else 0.0)
+        explored = epsilon > 0 and rng.random() < epsilon
+        if explored:
+            drawn = int(rng.integers(n_allowed))
+            action = drawn if allowed is None else int(allowed[drawn])
+        else:
+            action = greedy
+        propensity = epsilon / n_allowed + (1.0 - epsilon if action == greedy else 0.0)
     item_ids = catalogue.item_ids
     scores = q[ranked].tolist()
     ranking: list[dict[str, float | str]] = [
@@ -142,10 +175,27 @@ def choose(
     return Choice(item_ids[action], action, ranking, float(propensity), bool(explored), mask)
 
 
+# A decision row's apprentice and shadow columns when neither mode applies (service.serving.apprentice).
+NO_MODES: dict[str, Any] = {
+    "baseline_item_id": None,
+    "baseline_propensity": None,
+    "apprentice": False,
+    "model_item_id": None,
+    "model_propensity": None,
+    "shadow_version": None,
+    "shadow_item_id": None,
+    "shadow_propensity": None,
+}
+
+
 def decision_row(
-    policy: ServingPolicy, state: list[float], session_id: str | None, choice: Choice
+    policy: ServingPolicy, state: list[float], session_id: str | None, choice: Choice, learn: bool = True
 ) -> dict[str, Any]:
-    """The ``decisions`` row of one choice, with a new event id (``step`` is set when it is written)."""
+    """The ``decisions`` row of one choice, with a new event id (``step`` is set when it is written).
+
+    A decision not to learn from (``learn`` false: evaluation traffic) is stored as already handled by
+    the transition builder, which therefore never reads it; its feedback is still accepted.
+    """
     return {
         "event_id": new_event_id(),
         "session_id": session_id,
@@ -160,7 +210,9 @@ def decision_row(
         "model_version": policy.model_version,
         "policy_revision": policy.revision,
         "created_at": utcnow(),
-        "transition_built": False,
+        "transition_built": not learn,
+        "learn": learn,
+        **NO_MODES,
     }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from service.serving.choice import NO_MODES
 from service.store.group_commit import GroupCommitWriter
 from service.store.models import Decision
 from service.store.multirow_insert import MultiRowInsert
@@ -41,6 +42,8 @@ COLUMNS = (
     "policy_revision",
     "created_at",
     "transition_built",
+    "learn",
+    *NO_MODES,  # apprentice and shadow modes (migration 0006)
 )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from service.errors import ModelUnservableError, NoModelError
 from service.ingest.catalogue import Catalogue
+from service.metrics import SERVED_VERSION
 from service.store import shape
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class PolicyStore:
             else shape.StateWidth(state_dim, f"{shape.SETTING}={state_dim}")
         )
         self._policy: ServingPolicy | None = None
+        SERVED_VERSION.set(0)  # the process's one store (its API's): nothing served yet
         self._catalogue: Catalogue | None = None
         self._write_lock = threading.Lock()
         self.last_error: str | None = None
@@ -106,6 +108,7 @@ class PolicyStore:
                 if problem is not None:
                     self._policy = None
                     self.problem = self.last_error = problem
+                    SERVED_VERSION.set(0)
                     log.error("stopped serving: %s", problem)
             elif width.problem is not None:
                 self.problem = width.problem
@@ -142,6 +145,7 @@ class PolicyStore:
                 return False
             self._policy = ServingPolicy(network, catalogue, model_version, revision)
             self.last_error = self.problem = None
+            SERVED_VERSION.set(model_version)
             return True
 
     def set_catalogue(self, catalogue: Catalogue) -> None:

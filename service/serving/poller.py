@@ -20,9 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.errors import ModelInvalidError, ModelWidthError
 from service.ingest.catalogue import load_catalogue
+from service.metrics import DATABASE_ERRORS, record_jobs
 from service.serving.model_check import validate_checkpoint
 from service.serving.policy_store import PolicyStore
-from service.store import registry, shape
+from service.serving.shadow import Modes
+from service.store import jobs, registry, shape
+from service.store.db import database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,17 @@ class ModelPoller:
         self.sessions = sessions
         self.interval = interval
         self.rejected: dict[int, Rejection] = {}
+        self.modes = Modes()
+        """Apprentice mode and the shadow version, as stored (service.serving.shadow)."""
         self.last_error: str | None = None
         self._reported: tuple[int, int] | None = None  # (active, served) of store.fallback
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> None:
-        """One synchronisation with the database."""
+        """One synchronisation with the database (and the jobs by state, for the metrics)."""
         with self.sessions() as session:
+            record_jobs(jobs.count_by_state(session))
             catalogue = load_catalogue(session)
             current = self.store.catalogue
             if (
@@ -67,6 +73,7 @@ class ModelPoller:
             # DQFD_STATE_DIM against the imported logs' width: a policy of another width stops serving.
             width = shape.serving_width(self.store.configured_state_dim, session)
             self.store.set_width(width)
+            self.modes.sync(session, self.store)  # apprentice switch and shadow version
             active = registry.active_version_number(session)
             if active is None or width.problem is not None:  # nothing to serve / no model can fix it
                 return
@@ -155,6 +162,8 @@ class ModelPoller:
                 self.last_error = None
             except Exception as exc:  # the database may be away: keep serving, retry next tick
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if database_unavailable(exc):
+                    DATABASE_ERRORS.labels("poller").inc()
                 log.warning("model poll failed: %s", self.last_error)
 
     def start(self) -> None:

@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine
 
 from service.errors import UnavailableError
+from service.metrics import DATABASE_ERRORS
 from service.store.batch_gathering import schedule_flush
 from service.store.db import database_unavailable, interrupt_connections, rejected_row
 from service.store.wal_checkpoints import WalCheckpoints
@@ -263,7 +264,8 @@ class GroupCommitWriter(Generic[ItemT, ResultT]):
             if len(outcomes) != len(items):
                 raise RuntimeError(f"{self.name}: {len(outcomes)} outcomes for {len(items)} items")
         except Exception as exc:
-            if len(items) == 1 or database_unavailable(exc):
+            if (away := database_unavailable(exc)) or len(items) == 1:
+                DATABASE_ERRORS.labels(self.name).inc(1 if away else 0)  # a refused row is no database error
                 log.warning("%s: batch of %d failed: %s", self.name, len(items), exc)
                 return [rejected_row(exc)] * len(items), 0
             half = len(items) // 2

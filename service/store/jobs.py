@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.errors import NotFoundError
@@ -80,3 +80,16 @@ def fail_interrupted_jobs(session: Session) -> int:
     ).rowcount
     session.commit()
     return count
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    """How many jobs are in each state (every one of :data:`JOB_STATES`, 0 when none)."""
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state, n in session.execute(
+        select(TrainingJob.status, func.count()).group_by(TrainingJob.status)
+    ).all():
+        counts[state] = int(n)
+    return counts

@@ -18,6 +18,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -96,6 +98,8 @@ class Decision(Base):
     __table_args__ = (
         Index("ix_decisions_session_created", "session_id", "created_at"),
         Index("ix_decisions_pending", "transition_built", "created_at"),
+        # The dashboard's and the report's time-window queries (migration 0004).
+        Index("ix_decisions_created", "created_at"),
     )
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -111,7 +115,21 @@ class Decision(Base):
     model_version: Mapped[int] = mapped_column(Integer, nullable=False)
     policy_revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    # True once the builder is done with the decision: its live transition is built, or (stored so) it is
+    # not learned from (``learn`` false), so the pending-decision index never holds evaluation traffic.
     transition_built: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # ``"learn": false`` on /act (migration 0003): evaluation or QA traffic, stored with its feedback but
+    # never a live transition.
+    learn: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True, server_default=true())
+    # Apprentice and shadow modes (migration 0006 says what each column holds; docs/service.md).
+    baseline_item_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    baseline_propensity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    apprentice: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    model_item_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    model_propensity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow_item_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    shadow_propensity: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Feedback(Base):
@@ -149,6 +167,8 @@ class LiveTransition(Base):
     next_mask: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     default_reward_used: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    # An apprentice decision's (migration 0006): a live demonstration, never in the agent part of the replay.
+    demonstration: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # NOT NULL
 
 
 class ModelVersion(Base):
@@ -169,6 +189,82 @@ class ModelVersion(Base):
     checkpoint: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ModelActivation(Base):
+    """One activation of a model version (migration 0004): when and why, for the activation history.
+
+    ``reason``: ``pretrain``/``retrain``/``online`` (a new version activated as it was saved),
+    ``manual`` (the admin API, rollbacks included) or ``backfill`` (from ``activated_at`` by the
+    migration). ``model_versions.activated_at`` stays the latest one.
+    """
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_versions.version", ondelete="CASCADE"), nullable=False, index=True
+    )
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)
+
+
+class ModelEvaluation(Base):
+    """An off-policy estimate of a model version on logged decisions (migration 0005).
+
+    ``purpose``: ``admin`` (``POST /admin/evaluate``) or ``gate`` (the promotion gate). The headline
+    ``estimator`` (``dr``) is in the columns; every estimator's numbers in ``estimates``. With a
+    ``baseline_version``, its estimate on the same decisions and the paired difference (candidate minus
+    baseline, resampled together by session) are stored too.
+    """
+
+    __tablename__ = "model_evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_versions.version", ondelete="CASCADE"), nullable=False, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    estimator: Mapped[str] = mapped_column(String(16), nullable=False)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lower: Mapped[float | None] = mapped_column(Float, nullable=True)
+    upper: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ess: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_decisions: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_sessions: Mapped[int] = mapped_column(Integer, nullable=False)
+    estimates: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    warnings: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    baseline_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    baseline_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    baseline_lower: Mapped[float | None] = mapped_column(Float, nullable=True)
+    baseline_upper: Mapped[float | None] = mapped_column(Float, nullable=True)
+    diff_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    diff_lower: Mapped[float | None] = mapped_column(Float, nullable=True)
+    diff_upper: Mapped[float | None] = mapped_column(Float, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+
+class PromotionDecision(Base):
+    """The promotion gate's verdict on a new version (migration 0005): activated or held back, and why."""
+
+    __tablename__ = "promotion_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_versions.version", ondelete="CASCADE"), nullable=False, index=True
+    )
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    passed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    margin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    evaluation_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_evaluations.id", ondelete="SET NULL"), nullable=True
+    )
 
 
 class TrainingJob(Base):

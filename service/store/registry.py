@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.errors import NotFoundError
-from service.store.models import ModelVersion, utcnow
+from service.store.models import ModelActivation, ModelVersion, utcnow
 
 
 def save_version(
@@ -25,7 +25,8 @@ def save_version(
     job_id: int | None = None,
     activate: bool = False,
 ) -> ModelVersion:
-    """Store a new model version (and make it the active one when asked)."""
+    """Store a new model version (and make it the active one when asked, recorded with its ``source``
+    as the activation's reason)."""
     row = ModelVersion(
         checkpoint=checkpoint,
         state_dim=state_dim,
@@ -41,18 +42,20 @@ def save_version(
     session.add(row)
     session.flush()
     if activate:
-        activate_version(session, row.version)
+        activate_version(session, row.version, reason=source)
     return row
 
 
-def activate_version(session: Session, version: int) -> ModelVersion:
-    """Make ``version`` the only active model version (the serving replicas follow within seconds)."""
+def activate_version(session: Session, version: int, reason: str = "manual") -> ModelVersion:
+    """Make ``version`` the only active model version (the serving replicas follow within seconds), and
+    record the activation with its ``reason`` (``model_activations``: the dashboard's history)."""
     row = session.get(ModelVersion, version)
     if row is None:
         raise NotFoundError(f"model version {version} does not exist", field="version")
     session.execute(update(ModelVersion).where(ModelVersion.is_active).values(is_active=False))
     row.is_active = True
     row.activated_at = utcnow()
+    session.add(ModelActivation(version=version, activated_at=row.activated_at, reason=reason))
     session.flush()
     return row
 
@@ -72,6 +75,18 @@ def load_checkpoint(session: Session, version: int) -> bytes:
     return checkpoint
 
 
+def get_version(session: Session, version: int) -> ModelVersion:
+    """One version, without its checkpoint bytes loaded."""
+    from sqlalchemy.orm import defer
+
+    row = session.scalar(
+        select(ModelVersion).options(defer(ModelVersion.checkpoint)).where(ModelVersion.version == version)
+    )
+    if row is None:
+        raise NotFoundError(f"model version {version} does not exist", field="version")
+    return row
+
+
 def list_versions(session: Session) -> list[ModelVersion]:
     """All versions, newest first, without their checkpoint bytes loaded."""
     from sqlalchemy.orm import defer
@@ -79,5 +94,16 @@ def list_versions(session: Session) -> list[ModelVersion]:
     return list(
         session.scalars(
             select(ModelVersion).options(defer(ModelVersion.checkpoint)).order_by(ModelVersion.version.desc())
+        )
+    )
+
+
+def list_activations(session: Session, limit: int = 200) -> list[ModelActivation]:
+    """The newest ``limit`` activations, newest first (a version activated twice appears twice)."""
+    return list(
+        session.scalars(
+            select(ModelActivation)
+            .order_by(ModelActivation.activated_at.desc(), ModelActivation.id.desc())
+            .limit(limit)
         )
     )

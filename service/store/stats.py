@@ -29,6 +29,7 @@ def database_stats(session: Session) -> dict[str, Any]:
         .group_by(Feedback.event_id)
         .subquery()
     )
+    not_learned = Decision.learn.is_(False)
     rows = session.execute(
         select(
             Decision.model_version,
@@ -36,6 +37,10 @@ def database_stats(session: Session) -> dict[str, Any]:
             func.count(per_event.c.event_id).label("with_feedback"),
             func.coalesce(func.sum(per_event.c.reward), 0.0).label("reward_sum"),
             func.sum(case((Decision.explored, 1), else_=0)).label("explored"),
+            # "learn": false traffic (evaluation, QA) apart: its reward rate is the served policy's own
+            func.sum(case((not_learned, 1), else_=0)).label("nl_decisions"),
+            func.count(case((not_learned, per_event.c.event_id))).label("nl_with_feedback"),
+            func.coalesce(func.sum(case((not_learned, per_event.c.reward))), 0.0).label("nl_reward_sum"),
         )
         .outerjoin(per_event, per_event.c.event_id == Decision.event_id)
         .group_by(Decision.model_version)
@@ -51,6 +56,14 @@ def database_stats(session: Session) -> dict[str, Any]:
             # mean reward over the decisions that received feedback
             "reward_rate": float(r.reward_sum) / int(r.with_feedback) if r.with_feedback else None,
             "explored": int(r.explored or 0),
+            "not_learned": {
+                "decisions": int(r.nl_decisions or 0),
+                "with_feedback": int(r.nl_with_feedback or 0),
+                "reward_sum": float(r.nl_reward_sum),
+                "reward_rate": float(r.nl_reward_sum) / int(r.nl_with_feedback)
+                if r.nl_with_feedback
+                else None,
+            },
         }
         for r in rows
     ]
@@ -60,6 +73,7 @@ def database_stats(session: Session) -> dict[str, Any]:
         "active_items": int(session.scalar(select(func.count()).where(Item.active)) or 0),
         "logged_interactions": count(LoggedInteraction),
         "decisions": count(Decision),
+        "decisions_not_learned": int(session.scalar(select(func.count()).where(not_learned)) or 0),
         "feedback": count(Feedback),
         "events_with_feedback": int(
             session.scalar(select(func.count(func.distinct(Feedback.event_id)))) or 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent import DQfDAgent, DQfDConfig, Episode, NumpyQNetwork
-from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, td_loss, td_targets
+from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, q_filter, td_loss, td_targets
 from agent.networks import DuelingQNetwork
 
 
@@ -61,18 +61,31 @@ def agent_with_masked_demos(seed: int = 0, **overrides) -> DQfDAgent:
     return agent
 
 
+OVERRULE = {"q_filter": True, "margin_decay_demo_ratio": 1.0}
+"""Both options that let live data overrule the demonstrator (tests/agent/test_overrule.py)."""
+
+
 @pytest.mark.parametrize(
-    ("make_agent", "td_kind", "max_grad_norm"),
+    ("make_agent", "td_kind", "max_grad_norm", "options"),
     [
-        (agent_with_demos, "huber", None),
-        (agent_with_demos, "huber", 0.05),
-        (agent_with_masked_demos, "huber", None),
-        (agent_with_masked_demos, "squared", 0.05),
+        (agent_with_demos, "huber", None, {}),
+        (agent_with_demos, "huber", 0.05, {}),
+        (agent_with_masked_demos, "huber", None, {}),
+        (agent_with_masked_demos, "squared", 0.05, {}),
+        (agent_with_masked_demos, "huber", None, OVERRULE),
+        (agent_with_masked_demos, "squared", 0.05, OVERRULE),
     ],
 )
-def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(make_agent, td_kind, max_grad_norm):
+def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(
+    make_agent, td_kind, max_grad_norm, options
+):
     # The update writes dJ/dθ out by hand (no autograd graph); here autograd on J itself is the reference.
-    agent = make_agent(lambda_l2=0.05, max_grad_norm=max_grad_norm, td_loss=td_kind)
+    agent = make_agent(lambda_l2=0.05, max_grad_norm=max_grad_norm, td_loss=td_kind, **options)
+    if options:  # weights pretrained a little, so that a_E leads on some demonstrations and not on others
+        pretrained = make_agent(lambda_l2=0.05, max_grad_norm=max_grad_norm, td_loss=td_kind, **options)
+        pretrained.pretrain(100)
+        agent.online.load_state_dict(pretrained.online.state_dict())
+        agent.target.load_state_dict(pretrained.target.state_dict())
     cfg = agent.config
     # The reference: plain modules with the same weights, autograd and torch.optim.Adam over them.
     online, target = (DuelingQNetwork(3, 4, cfg.hidden_sizes) for _ in range(2))
@@ -88,10 +101,15 @@ def test_update_equals_backpropagating_the_full_loss_with_the_l2_term(make_agent
         b1 = double_dqn_bootstrap(online(batch.next_states), target(batch.next_states), batch.next_masks)
         bn = double_dqn_bootstrap(online(batch.nstep_states), target(batch.nstep_states), batch.nstep_masks)
     target_1 = td_targets(batch.rewards, batch.discounts, b1)
+    keep = batch.is_demo
+    if options:  # the Q-filter's test is an indicator outside the gradient; λ2 decayed by D / (D + n_agent)
+        keep = keep & q_filter(q.detach(), batch.actions, batch.masks)
+        assert 0 < int(keep.sum()) < int(batch.is_demo.sum())  # the filter keeps some and drops some
+    weight = cfg.lambda_margin * (40 / (40 + 30) if options else 1.0)
     per_sample = (
         td_loss(q_taken, target_1, td_kind)
         + cfg.lambda_n * td_loss(q_taken, td_targets(batch.nstep_returns, batch.nstep_discounts, bn), td_kind)
-        + cfg.lambda_margin * margin_loss(q, batch.actions, cfg.margin, batch.masks, batch.is_demo)
+        + weight * margin_loss(q, batch.actions, cfg.margin, batch.masks, keep)
     )
     j_l2 = l2_loss(online.parameters(), cfg.lambda_l2)
     loss = (batch.weights * per_sample).mean() + j_l2
@@ -130,7 +148,18 @@ def test_backward_q_gives_autograds_parameter_gradients():
 
 def test_train_step_reports_every_loss_component():
     info = agent_with_demos().train_step()
-    assert set(info) == {"loss", "j_dq", "j_n", "j_e", "j_l2", "demo_fraction", "mean_q", "skipped"}
+    assert set(info) == {
+        "loss",
+        "j_dq",
+        "j_n",
+        "j_e",
+        "j_l2",
+        "demo_fraction",
+        "mean_q",
+        "skipped",
+        "margin_weight",
+        "margin_kept",
+    }
     assert info["skipped"] == 0.0
     assert all(np.isfinite(v) for v in info.values())
 

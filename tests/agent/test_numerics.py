@@ -78,9 +78,9 @@ def test_update_flushes_inside_and_leaves_the_callers_mode_as_it_was(callers_mod
     seen = []
     inner = agent._learn
 
-    def spy(batch):
+    def spy(batch, *rest):
         seen.append(flush_denormal_enabled())
-        return inner(batch)
+        return inner(batch, *rest)
 
     agent._learn = spy
     torch.set_flush_denormal(callers_mode)
@@ -93,7 +93,7 @@ def test_update_flushes_inside_and_leaves_the_callers_mode_as_it_was(callers_mod
 def test_mode_restored_when_the_update_raises_and_switch_off_leaves_it_alone():
     agent = agent_with_dead_unit(flush=True)
 
-    def broken(batch):
+    def broken(batch, *rest):
         assert flush_denormal_enabled()
         raise RuntimeError("boom")
 
@@ -115,10 +115,10 @@ def test_update_in_a_thread_leaves_other_threads_alone():
     seen = []
     inner = agent._learn
 
-    def pausing(batch):
+    def pausing(batch, *rest):
         inside.set()
         outside.wait(5)
-        return inner(batch)
+        return inner(batch, *rest)
 
     agent._learn = pausing
     worker = threading.Thread(target=lambda: (agent.train_step(), seen.append(flush_denormal_enabled())))
