@@ -8,7 +8,9 @@ simulator, demonstrations, budgets, evaluation users and seeds), with DQfD varia
 - ``faithful``: the paper's DQfD (λ2 = 1 on every demonstration), target period 1,000 as that benchmark;
 - ``q_filter``: J_E only where Q(s, a_E) ≥ max_a Q(s, a) in online updates (``DQfDConfig.q_filter``);
 - ``decay``: λ2 · D / (D + n_agent) in online updates (``DQfDConfig.margin_decay_demo_ratio = 1``);
-- ``*_tau10k``: the same with the paper's (and the service's former default) target period 10,000;
+- ``both``: the Q-filter and the decay together;
+- ``<variant>_tau<N>``: the same with target period N (``_tau10k``: the paper's 10,000, the service's
+  former default);
 - ``pdd``: PDD DQN from scratch, as that benchmark's ``pdd`` arm;
 - references (expert, random, oracle) on the same evaluation users.
 
@@ -16,7 +18,7 @@ Each finished run is appended to ``<out>/<stem>_runs.jsonl`` at once, so a run t
 it finished and ``--report`` rebuilds the tables, plot and JSON from that file. Runs go seed by seed
 (every variant of seed 0, then seed 1, ...), so a short run still compares the variants on equal seeds.
 
-    nice -n 10 .venv/bin/python benchmarks/overrule_demonstrator.py --seeds 5 --online-sessions 5000
+    nice -n 10 .venv/bin/python benchmarks/overrule_demonstrator.py --seeds 0 1 2 3 4 --online-sessions 5000
     .venv/bin/python benchmarks/overrule_demonstrator.py --report    # tables from the saved runs
     .venv/bin/python benchmarks/overrule_demonstrator.py --quick     # smoke test, < 1 minute
 """
@@ -46,6 +48,11 @@ BASES: dict[str, dict[str, Any]] = {
     "faithful": {"arm": "dqfd", "agent": {}, "label": "DQfD, paper (λ2 = 1 fixed)"},
     "q_filter": {"arm": "dqfd", "agent": {"q_filter": True}, "label": "DQfD + Q-filter"},
     "decay": {"arm": "dqfd", "agent": {"margin_decay_demo_ratio": 1.0}, "label": "DQfD + λ2 decay (ratio 1)"},
+    "both": {
+        "arm": "dqfd",
+        "agent": {"q_filter": True, "margin_decay_demo_ratio": 1.0},
+        "label": "DQfD + Q-filter + λ2 decay",
+    },
     "pdd": {"arm": "pdd", "agent": {}, "label": "PDD DQN from scratch"},
 }
 """Each base variant: which run of offline_to_online it is, the DQfDConfig fields it changes, its label."""
@@ -247,7 +254,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    colors = {"faithful": "C0", "q_filter": "C2", "decay": "C4", "pdd": "C1"}
+    colors = {"faithful": "C0", "q_filter": "C2", "decay": "C4", "both": "C6", "pdd": "C1"}
     styles = ["-", ":", "--", "-."]
     seen: dict[str, int] = {}
     xmax = 0
