@@ -252,7 +252,7 @@ def _percentile_interval(
     return ConfidenceInterval(float(lower), float(upper), 1.0 - alpha, method, resampled.size)
 
 
-def _interval(
+def bootstrap_interval(
     numerators: np.ndarray,
     denominators: np.ndarray | None,
     clusters: object | None,
@@ -316,7 +316,7 @@ def ips(
     w, n_clipped = importance_weights(mu, pi, clip)
     support = support_report(w, mu, n_clipped, logging_dist, target_dist, min_ess)
     samples = w * r
-    interval = _interval(samples, None, clusters, alpha, n_bootstrap, seed)
+    interval = bootstrap_interval(samples, None, clusters, alpha, n_bootstrap, seed)
     return OffPolicyEstimate("ips", float(samples.mean()), interval, support.ess, r.shape[0], support)
 
 
@@ -349,7 +349,7 @@ def snips(
     if total == 0:
         undefined = "the target policy gives probability 0 to every logged action: SNIPS is undefined"
         support = replace(support, warnings=(*support.warnings, undefined))
-    interval = _interval(w * r, w, clusters, alpha, n_bootstrap, seed)
+    interval = bootstrap_interval(w * r, w, clusters, alpha, n_bootstrap, seed)
     return OffPolicyEstimate("snips", value, interval, support.ess, r.shape[0], support)
 
 
@@ -387,7 +387,7 @@ def doubly_robust(
     w, n_clipped = importance_weights(mu, pi, clip)
     support = support_report(w, mu, n_clipped, logging_dist, target_dist, min_ess)
     samples = q_pi + w * (r - q_a)
-    interval = _interval(samples, None, clusters, alpha, n_bootstrap, seed)
+    interval = bootstrap_interval(samples, None, clusters, alpha, n_bootstrap, seed)
     return OffPolicyEstimate("dr", float(samples.mean()), interval, support.ess, r.shape[0], support)
 
 

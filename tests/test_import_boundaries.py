@@ -75,6 +75,7 @@ DOORS: dict[str, set[str]] = {
         "service.serving.policy_store",
         "service.learning.live_demos",
         "service.learning.mode_value",
+        "service.learning.apprentice_gate",  # the gate's paired bootstrap and ESS on apprentice decisions
         "service.learning.evaluation",  # off-policy estimates of stored versions (POST /admin/evaluate, gate)
     },
     # The quickstart's example data comes from the project's simulator when it is installed.

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.learning import promotion
+from agent.off_policy import bootstrap_means, effective_sample_size
+from service.learning import mode_value, promotion
 from service.settings import Settings
 from service.store import mode_stats
 from service.store.db import session_scope
@@ -43,7 +44,6 @@ VERDICT_KEY = "apprentice_gate"
 # The newest decisions read: the report's window (routes_modes.REPORT_MAX_DECISIONS), so both see the
 # same decisions; ~100 bytes each.
 GATE_MAX_DECISIONS = 20_000
-_CHUNK = 2_000_000  # index draws per bootstrap chunk: bounds memory (16 MB of indices)
 
 
 def paired_difference(
@@ -51,21 +51,14 @@ def paired_difference(
 ) -> tuple[float, float, float, float, float]:
     """(model SNIPS value, incumbent's mean reward, D, D's 95% lower end, upper end) of ``rows`` =
     (reward, incumbent propensity, model probability, session id); the interval resamples sessions."""
-    reward = np.array([r[0] for r in rows])
-    weight = np.array([r[2] / r[1] for r in rows])
-    ids = np.array([r[3] if r[3] is not None else f"#{i}" for i, r in enumerate(rows)])
+    reward, incumbent, model_prob, ids = mode_value.columns(rows)
+    weight = model_prob / incumbent
     _, cluster = np.unique(ids, return_inverse=True)
-    sums = [np.bincount(cluster, weights=v) for v in (weight * reward, weight, reward, np.ones_like(reward))]
-    wr, w, r, n = sums
-    rng = np.random.RandomState(seed)  # the agent library's bootstrap stream
-    m = wr.shape[0]
-    diffs = np.empty(n_resamples)
-    per_chunk = max(1, _CHUNK // m)
-    for start in range(0, n_resamples, per_chunk):
-        stop = min(n_resamples, start + per_chunk)
-        idx = rng.randint(0, m, size=(stop - start, m))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            diffs[start:stop] = wr[idx].sum(1) / w[idx].sum(1) - r[idx].sum(1) / n[idx].sum(1)
+    wr, w, r, n = (
+        np.bincount(cluster, weights=v) for v in (weight * reward, weight, reward, np.ones_like(reward))
+    )
+    # Both terms on the same resamples of sessions: the same seed draws the same indices for each.
+    diffs = bootstrap_means(wr, w, n_resamples, seed) - bootstrap_means(r, n, n_resamples, seed)
     finite = diffs[np.isfinite(diffs)]
     lower, upper = np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan)
     model = float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")
@@ -83,10 +76,8 @@ def verdict(settings: Settings, rows: list[tuple[float, float, float, str | None
             f"needs DQFD_PROMOTION_MIN_DECISIONS={need}"
         )
         return out
-    weights = np.array([r[2] / r[1] for r in rows])
-    # Kish's ESS (agent.off_policy.effective_sample_size; the service reaches agent/ via a few modules).
-    total_sq = float(weights @ weights)
-    ess = 0.0 if total_sq == 0 else float(weights.sum()) ** 2 / total_sq
+    _, incumbent, model_prob, _ = mode_value.columns(rows)
+    ess = effective_sample_size(model_prob / incumbent)
     out["ess"] = ess
     if ess < settings.promotion_min_ess:
         out["reason"] = (

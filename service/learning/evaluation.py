@@ -202,12 +202,8 @@ def estimate_all(
 def paired_interval(diff: np.ndarray, clusters: np.ndarray, n_bootstrap: int) -> tuple[float, float]:
     """The 95% percentile interval of ``mean(diff)`` resampling whole sessions (the same resamples, seed 0,
     as each version's own interval)."""
-    _, cluster = np.unique(clusters, return_inverse=True)
-    num = np.bincount(cluster, weights=diff)
-    den = np.bincount(cluster).astype(np.float64)
-    resampled = off_policy.bootstrap_means(num, den, n_bootstrap, 0)
-    lower, upper = np.percentile(resampled[np.isfinite(resampled)], [2.5, 97.5])
-    return float(lower), float(upper)
+    interval = off_policy.bootstrap_interval(diff, None, clusters, 0.05, n_bootstrap, 0)
+    return interval.lower, interval.upper
 
 
 def evaluate(

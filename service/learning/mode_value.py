@@ -30,10 +30,7 @@ def estimate(rows: list[tuple[float, float, float, str | None]], min_ess: float)
     logging propensity, target probability, session id); ``value`` None with a ``reason`` when empty."""
     if not rows:
         return {"n": 0, "value": None, "reason": "no decisions with a propensity and a final reward yet"}
-    rewards = np.array([r[0] for r in rows])
-    logged = np.array([r[1] for r in rows])
-    target = np.array([r[2] for r in rows])
-    sessions = np.array([r[3] if r[3] is not None else f"#{i}" for i, r in enumerate(rows)])
+    rewards, logged, target, sessions = columns(rows)
     keywords = {"clusters": sessions, "n_bootstrap": REPORT_BOOTSTRAP, "min_ess": min_ess}
     headline = snips(rewards, logged, target, **keywords)
     plain = ips(rewards, logged, target, **keywords)
@@ -47,6 +44,18 @@ def estimate(rows: list[tuple[float, float, float, str | None]], min_ess: float)
         "ess": _finite(headline.ess),
         "warnings": list(headline.support.warnings),
     }
+
+
+def columns(
+    rows: list[tuple[float, float, float, str | None]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``rows`` = (reward, logging propensity, target probability, session id) as four arrays; a decision
+    without a session is a session of its own (``#<row>``) when sessions are resampled."""
+    rewards = np.array([r[0] for r in rows], dtype=np.float64)
+    logged = np.array([r[1] for r in rows], dtype=np.float64)
+    target = np.array([r[2] for r in rows], dtype=np.float64)
+    sessions = np.array([r[3] if r[3] is not None else f"#{i}" for i, r in enumerate(rows)])
+    return rewards, logged, target, sessions
 
 
 def _finite(value: float) -> float | None:
