@@ -18,7 +18,16 @@ from agent.config import DQfDConfig
 from agent.demonstrations import Episode
 from agent.dqfd import DQfDAgent
 from agent.inference import NumpyQNetwork
+from agent.item_dqfd import ItemDQfDAgent, ItemNetworkConfig
 from agent.validation import validate_transitions
 
-__all__ = ["DQfDAgent", "DQfDConfig", "Episode", "NumpyQNetwork", "validate_transitions"]
+__all__ = [
+    "DQfDAgent",
+    "DQfDConfig",
+    "Episode",
+    "ItemDQfDAgent",
+    "ItemNetworkConfig",
+    "NumpyQNetwork",
+    "validate_transitions",
+]
 __version__ = "0.1.0"

@@ -18,6 +18,16 @@ class NumpyQNetwork:
     """Immutable Q(s, ·) = V(s) + A(s, ·) − mean A(s, ·) evaluated with NumPy (float32)."""
 
     def __init__(self, state_dict: Mapping[str, Any]) -> None:
+        """Copy the weights of a :class:`~agent.networks.DuelingQNetwork` state dict.
+
+        Raises:
+            ValueError: the state dict is not the built-in dueling network's (e.g. a user network's).
+        """
+        if "head.weight" not in state_dict or "head.bias" not in state_dict:
+            raise ValueError(
+                "not a DuelingQNetwork state dict: a NumPy copy exists for the built-in network only"
+            )
+
         def array(name: str) -> np.ndarray:
             value = state_dict[name]
             value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -43,6 +53,10 @@ class NumpyQNetwork:
     def from_checkpoint(cls, source: str | BinaryIO | Any) -> NumpyQNetwork:
         """The online network of a checkpoint written by :meth:`agent.DQfDAgent.save`."""
         checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        if checkpoint.get("network") == "user":
+            raise ValueError(
+                "this checkpoint holds a user network: no NumPy copy; load it with DQfDAgent.load"
+            )
         return cls(checkpoint["online"])
 
     def q_values(self, states: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from agent.nstep import join_reads, read_windows, targets_from_reads
+from agent.nstep import NStepWindows, join_reads, read_windows, targets_from_reads
 from agent.storage import EpisodeStorage
 from agent.sum_tree import SumTree
 from agent.types import Batch
@@ -51,6 +51,10 @@ class Demonstrations(NamedTuple):
     dones: np.ndarray
     is_transition: np.ndarray
     masks: np.ndarray | None
+
+
+Part = tuple[EpisodeStorage, np.ndarray, bool]
+"""The rows of a batch drawn from one storage: (storage, its slots, whether it is the agent's ring)."""
 
 
 class PrioritizedReplay:
@@ -184,15 +188,32 @@ class PrioritizedReplay:
         non-terminal transition leaves ``next_state`` in a state-only slot for the next call to continue;
         ``truncated`` (the episode stops here without terminating) means no call will continue it.
         """
+        self._add_agent(state, action, reward, next_state, done, mask, next_mask, truncated)
+
+    def _add_agent(
+        self,
+        state: np.ndarray,
+        action: int,
+        reward: float,
+        next_state: np.ndarray,
+        done: bool,
+        mask: np.ndarray | None,
+        next_mask: np.ndarray | None,
+        truncated: bool,
+    ) -> tuple[int, int | None]:
+        """:meth:`add_agent_transition`; returns the slots written, the transition's and its next
+        state's (None after a terminal transition), for a subclass that stores more per slot."""
         last = (self.agent_head - 1) % self.agent.capacity
         continues = self.agent_pending and np.array_equal(self.agent.states[last], state)
         if continues:
             self.agent_head = last
-        self._write_agent(state, action, reward, done, mask)
+        slot = self._write_agent(state, action, reward, done, mask)
         self.agent_pending = False
+        next_slot = None
         if not done:
-            self._write_agent(next_state, None, 0.0, False, next_mask)
+            next_slot = self._write_agent(next_state, None, 0.0, False, next_mask)
             self.agent_pending = not truncated
+        return slot, next_slot
 
     # ------------------------------------------------------------------ sampling seam
     def sample_indices(
@@ -313,45 +334,21 @@ class PrioritizedReplay:
         device: torch.device,
     ) -> Batch:
         """Build the tensors of a batch: s, a, r, s', n-step return and bootstrap state, masks, flags."""
-        is_agent = indices >= DEMO_INDEX_LIMIT
-        parts = []
-        if (~is_agent).all():
-            parts.append((self.demo, indices, False))
-        elif is_agent.all():
-            parts.append((self.agent, indices - DEMO_INDEX_LIMIT, True))
-        else:
-            # Demonstrations first, then agent samples; reorder indices and weights to match.
-            order = np.argsort(is_agent, kind="stable")
-            indices, weights, is_agent = indices[order], weights[order], is_agent[order]
-            split = int((~is_agent).sum())
-            parts.append((self.demo, indices[:split], False))
-            parts.append((self.agent, indices[split:] - DEMO_INDEX_LIMIT, True))
+        indices, weights, parts = self._demonstrations_first(indices, weights)
         size = indices.shape[0]
         with_masks = self.has_masks
         # s, s' and s_{t+n} go into one array (one tensor; the agent runs the online network over all of
         # them at once), each part's rows written in place by np.take: no per-part concatenation.
         states = np.empty((3 * size, self.state_dim), dtype=np.float32)
         masks = np.empty((3 * size, self.n_actions), dtype=bool) if with_masks else None
-        # The windows of both parts are read separately and turned into targets together.
-        reads = [
-            read_windows(
-                slots, storage.rewards, storage.dones, storage.is_transition, n_step, ring, transform_rewards
-            )
-            for storage, slots, ring in parts
-        ]
-        one, many = targets_from_reads(reads[0] if len(reads) == 1 else join_reads(*reads), gamma)
-        row = 0
-        for storage, slots, _ in parts:
-            rows = slice(row, row + slots.shape[0])
-            for block, where in enumerate((slots, one.bootstrap_slots[rows], many.bootstrap_slots[rows])):
-                target = slice(block * size + rows.start, block * size + rows.stop)
-                np.take(storage.states, where, axis=0, out=states[target])
-                if masks is not None:
-                    if storage.masks is None:  # this part has no masks: every action is allowed
-                        masks[target] = True
-                    else:
-                        np.take(storage.masks, where, axis=0, out=masks[target])
-            row = rows.stop
+        one, many = self._window_targets(parts, n_step, gamma, transform_rewards)
+        for storage, _, target, where in self._state_blocks(parts, one, many, size):
+            np.take(storage.states, where, axis=0, out=states[target])
+            if masks is not None:
+                if storage.masks is None:  # this part has no masks: every action is allowed
+                    masks[target] = True
+                else:
+                    np.take(storage.masks, where, axis=0, out=masks[target])
         actions = [storage.actions[slots] for storage, slots, _ in parts]
         columns = {
             "actions": actions,
@@ -376,7 +373,7 @@ class PrioritizedReplay:
         state_views = stacked_states.split(size)
         mask_views = (None, None, None) if stacked_masks is None else stacked_masks.split(size)
         is_demo = np.zeros(size, dtype=bool)
-        is_demo[: int((~is_agent).sum())] = True  # demonstrations come first in the batch
+        is_demo[: self._demo_rows(parts)] = True  # demonstrations come first in the batch
         return Batch(
             states=state_views[0],
             actions=tensor("actions"),
@@ -395,3 +392,57 @@ class PrioritizedReplay:
             stacked_masks=stacked_masks,
             indices=indices,
         )
+
+    def _demonstrations_first(
+        self, indices: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[Part]]:
+        """A batch's indices and weights reordered so that its demonstrations come first, and its parts
+        in that order (a part per storage the batch draws from)."""
+        is_agent = indices >= DEMO_INDEX_LIMIT
+        if (~is_agent).all():
+            return indices, weights, [(self.demo, indices, False)]
+        if is_agent.all():
+            return indices, weights, [(self.agent, indices - DEMO_INDEX_LIMIT, True)]
+        order = np.argsort(is_agent, kind="stable")
+        indices, weights, is_agent = indices[order], weights[order], is_agent[order]
+        split = int((~is_agent).sum())
+        return (
+            indices,
+            weights,
+            [(self.demo, indices[:split], False), (self.agent, indices[split:] - DEMO_INDEX_LIMIT, True)],
+        )
+
+    @staticmethod
+    def _window_targets(
+        parts: list[Part], n_step: int, gamma: float, transform_rewards: bool
+    ) -> tuple[NStepWindows, NStepWindows]:
+        """The one-step and n-step targets of a batch's rows: the windows of each part are read
+        separately (the agent part is a ring buffer) and turned into targets together."""
+        reads = [
+            read_windows(
+                slots, storage.rewards, storage.dones, storage.is_transition, n_step, ring, transform_rewards
+            )
+            for storage, slots, ring in parts
+        ]
+        return targets_from_reads(reads[0] if len(reads) == 1 else join_reads(*reads), gamma)
+
+    @staticmethod
+    def _demo_rows(parts: list[Part]) -> int:
+        """How many rows of a batch are demonstrations (they come first)."""
+        return sum(slots.shape[0] for _, slots, ring in parts if not ring)
+
+    @staticmethod
+    def _state_blocks(
+        parts: list[Part], one: NStepWindows, many: NStepWindows, size: int
+    ) -> list[tuple[EpisodeStorage, int, slice, np.ndarray]]:
+        """Where the states of a batch of ``size`` rows come from: s, s' and s_{t+n} go into one (3·size)
+        array, block 0, 1 and 2; per part and block, (storage, block, rows of that array, slots to read)."""
+        blocks = []
+        row = 0
+        for storage, slots, _ in parts:
+            rows = slice(row, row + slots.shape[0])
+            for block, where in enumerate((slots, one.bootstrap_slots[rows], many.bootstrap_slots[rows])):
+                target = slice(block * size + rows.start, block * size + rows.stop)
+                blocks.append((storage, block, target, where))
+            row = rows.stop
+        return blocks

@@ -161,6 +161,19 @@ def sampled_items(
         Per row: required item first, then the allowed hard items, then up to ``n_samples`` others drawn
         uniformly without replacement; no item twice. The whole set when it has no more items than that.
     """
+    rows = required_and_hard(sets, required, hard)
+    for row, allowed in zip(rows, sets, strict=True):
+        row.extend(allowed.sample_others(n_samples, rng, taken=row).tolist())
+    return pad_items(rows)
+
+
+def required_and_hard(
+    sets: Sequence[AllowedSet],
+    required: Sequence[int | None] | None = None,
+    hard: Sequence[Sequence[int]] | None = None,
+) -> list[list[int]]:
+    """Per row: its required item, then its allowed hard items, no item twice (the fixed part of a
+    sampled subset, :func:`sampled_items`); ``ValueError`` for a required item that is not allowed."""
     rows: list[list[int]] = []
     for b, allowed in enumerate(sets):
         row: list[int] = []
@@ -172,9 +185,8 @@ def sampled_items(
         for item in [] if hard is None else hard[b]:
             if int(item) in allowed and int(item) not in row:
                 row.append(int(item))
-        row.extend(allowed.sample_others(n_samples, rng, taken=row).tolist())
         rows.append(row)
-    return pad_items(rows)
+    return rows
 
 
 def masked_q(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

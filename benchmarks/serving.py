@@ -130,11 +130,19 @@ def service_env(database_url: str, pretrain_steps: int) -> dict[str, str]:
     return env
 
 
-def prepare_model(database_url: str, pretrain_steps: int, n_sessions: int) -> tuple[int, int]:
-    """Migrate, import example logs, pretrain; returns (active model version, catalogue size)."""
+def prepare_model(
+    database_url: str, pretrain_steps: int, n_sessions: int, network: str = "auto"
+) -> tuple[int, int, str]:
+    """Migrate, import example logs, pretrain with ``DQFD_NETWORK=network``; returns (active model
+    version, catalogue size, the checkpoint's format: which network is served)."""
+    import io
+
+    import torch
+
     from service.ingest.catalogue import load_catalogue
     from service.quickstart import prepare
     from service.settings import Settings
+    from service.store import registry
     from service.store.db import make_engine, make_session_factory
 
     settings = Settings(
@@ -144,15 +152,18 @@ def prepare_model(database_url: str, pretrain_steps: int, n_sessions: int) -> tu
         hidden_sizes=HIDDEN_SIZES,
         pretrain_steps=pretrain_steps,
         seed=0,
+        network=network,
     )
     version = prepare(settings, n_sessions=n_sessions)
     engine = make_engine(database_url)
     try:
         with make_session_factory(engine)() as session:
             n_items = load_catalogue(session).n_actions
+            checkpoint = registry.load_checkpoint(session, version)
     finally:
         engine.dispose()
-    return version, n_items
+    kind = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["format"]
+    return version, n_items, str(kind)
 
 
 def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
@@ -525,7 +536,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- CPU placement: {report.get('placement', 'servers and load generator placed by the scheduler')}",
         f"- load average at start {report['load_average_start']}, at end {report['load_average_end']} "
         f"({report['cpu_count']} CPUs): numbers taken under load are noisy, compare the ratios",
-        f"- database: {cfg['database']}; model: hidden sizes {cfg['hidden_sizes']}, state_dim "
+        f"- database: {cfg['database']}; model: {cfg.get('network', 'dqfd-agent')} (DQFD_NETWORK "
+        f"{cfg.get('network_setting', 'auto')}), hidden sizes {cfg['hidden_sizes']}, state_dim "
         f"{cfg['state_dim']}, {cfg['n_items']} items, {cfg['pretrain_steps']} pretrain steps",
         "- servers: uvicorn, 1 worker, access log off; the service in role `api` (serving only: no "
         "trainer in the process); the bare app's POST /act parses the same `ActRequest` and returns a "
@@ -588,6 +600,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--sessions", type=int, default=200, help="example sessions to import")
     parser.add_argument("--quick", action="store_true", help="2 s per measurement, 1 s warm-up, few steps")
+    parser.add_argument(
+        "--network",
+        choices=["auto", "fixed", "feature"],
+        default="auto",
+        help="DQFD_NETWORK of the pretrained model (auto: the service default, the feature network here: "
+        "the simulator's items.csv has numeric columns)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="serving")
     parser.add_argument("--work", type=Path, default=WORK)
@@ -638,7 +657,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     procs: list[subprocess.Popen] = []
     try:
         with scratch_database(args.database_url, work) as url:
-            version, n_items = prepare_model(url, args.pretrain_steps, args.sessions)
+            version, n_items, network = prepare_model(url, args.pretrain_steps, args.sessions, args.network)
             env = service_env(url, args.pretrain_steps)
             service_port, bare_port = free_port(), free_port()
             service_cmd = [
@@ -682,6 +701,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "database": "PostgreSQL (scratch database)" if args.database_url else "SQLite file (WAL)",
             "hidden_sizes": list(HIDDEN_SIZES),
+            "network": network,
+            "network_setting": args.network,
             "state_dim": STATE_DIM,
             "n_items": n_items,
             "pretrain_steps": args.pretrain_steps,

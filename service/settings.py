@@ -41,6 +41,18 @@ class Settings(BaseSettings):
         default=None, ge=1, description="state features; None = learned from the imported logs"
     )
     items_path: str | None = Field(default=None, description="items.csv imported when the catalogue is empty")
+    # The feature network's item features (docs/service.md, "Item features"): unset, every numeric extra
+    # column of items.csv, as issue 15 asks; a comma-separated list narrows it. A name that is not a
+    # numeric column of the catalogue is an error naming it (service.ingest.item_features).
+    item_features: str | None = Field(default=None, description="item feature columns, comma-separated")
+    # Which Q-network a training job builds (docs/service.md, "Item features"). auto: the feature network
+    # when the catalogue has a feature column (issue 15: new items are ranked by their features at once),
+    # else the paper's fixed head (one output per item). feature without any feature column is an error
+    # naming the fix: an item told apart by nothing but a learned embedding has no cold start to offer.
+    network: Literal["auto", "fixed", "feature"] = Field(default="auto", description="Q-network family")
+    # The feature network's learned per-item embedding length (agent.item_dqfd.ItemNetworkConfig's
+    # default 0: items scored by their features only, and checkpoints that do not grow with the catalogue).
+    item_embedding_dim: int = Field(default=0, ge=0, description="learned per-item embedding length")
 
     # DQfD hyperparameters: anything not given keeps the paper default of agent.DQfDConfig, except the
     # two service defaults chosen for the budgets the service runs (docs/algorithm.md, "Service defaults
@@ -107,6 +119,10 @@ class Settings(BaseSettings):
     publish_every_updates: int = Field(default=50, ge=1)
     publish_every_s: float = Field(default=5.0, gt=0)
     save_every_updates: int = Field(default=1000, ge=1)
+    # Checkpoint retention (service/store/retention.py): the newest versions kept beside the active and
+    # every activated one. 10 = the last 10,000 online updates at the default save_every_updates, time
+    # to notice a bad stretch of online learning (docs/service.md, "Checkpoint retention").
+    keep_versions: int = Field(default=10, ge=1)
     trainer_poll_s: float = Field(default=1.0, gt=0)
     auto_pretrain: bool = True
     torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads of the trainer")

@@ -72,7 +72,9 @@ DOORS: dict[str, set[str]] = {
     # mode's live demonstrations (agent.demonstrations.Episode) and its reports' off-policy estimates.
     "agent": {
         "service.learning.agents",
+        "service.learning.item_agents",  # the feature-network agent: its item table and allowed sets
         "service.serving.policy_store",
+        "service.serving.feature_policy",  # decoding and binding a feature-network checkpoint (NumPy)
         "service.learning.live_demos",
         "service.learning.mode_value",
         "service.learning.apprentice_gate",  # the gate's paired bootstrap and ESS on apprentice decisions

@@ -74,6 +74,10 @@ ADMIN = {
 ACT = {
     **BODY,
     **INVALID,
+    409: error(
+        "the catalogue conflicts with serving: no item is active, or every candidate was added after "
+        "the served fixed-head model was trained (the body says what to do)"
+    ),
     503: error(
         "no model yet or database unavailable (Retry-After); or the model's state width disagrees "
         "with the logs or DQFD_STATE_DIM (no Retry-After: the body says what to fix)",

@@ -64,19 +64,24 @@ def list_models(session: SessionDep) -> Any:
     response_model=ModelOut,
     responses={
         404: error("no such model version"),
-        409: error("the version cannot serve (corrupt checkpoint, wrong shape, non-finite Q-values)"),
+        409: error(
+            "the version cannot serve (corrupt checkpoint, wrong shape, non-finite Q-values, none of the "
+            "active items known) or its checkpoint was pruned (DQFD_KEEP_VERSIONS)"
+        ),
     },
 )
 def activate(version: DbId, state: StateDep, session: SessionDep) -> Any:
     """Make ``version`` active (rollback included); this replica serves it at once, others within seconds.
 
-    The version is checked first (its checkpoint loads, fits the catalogue and the state width, and
-    gives finite Q-values on a probe state): one that fails answers 409 with the reason, and the
-    active version stays as it was.
+    The version is checked first (its checkpoint is still stored, loads, has no more actions than the
+    catalogue has items and knows at least one active item, fits the state width, and gives finite
+    Q-values on a probe state): one that fails answers 409 with the reason, and the active version
+    stays as it was. A version trained before the catalogue grew serves the items it knows.
     """
-    checkpoint = registry.load_checkpoint(session, version)
+    checkpoint = registry.load_checkpoint(session, version)  # a pruned version: 409
     width = shape.serving_width(state.store.configured_state_dim, session)
-    network = validate_checkpoint(checkpoint, version, load_catalogue(session).n_actions, width)
+    catalogue = load_catalogue(session)
+    network = validate_checkpoint(checkpoint, version, catalogue.n_actions, width, catalogue.active)
     row = registry.activate_version(session, version)
     session.commit()
     if state.store.publish(network, row.version):

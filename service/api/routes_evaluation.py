@@ -1,6 +1,6 @@
 """Admin API of off-policy evaluation and the promotion gate: ``POST /admin/evaluate`` (a job),
 ``GET /admin/evaluations`` and ``GET /admin/promotions``; :func:`models_out` adds the latest evaluation and
-gate verdict to ``GET /admin/models``."""
+gate verdict (and whether its checkpoint was pruned) to ``GET /admin/models``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from service.api.schemas import JobOut, ModelOut
 from service.api.schemas_evaluation import EvaluateRequest, EvaluationOut, PromotionOut
 from service.errors import NotFoundError
 from service.learning.evaluation_job import KIND
-from service.store import evaluations, jobs, registry
+from service.store import evaluations, jobs, registry, retention
 from service.store.models import ModelEvaluation, ModelVersion
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN)
@@ -27,9 +27,11 @@ def models_out(session: Session, rows: list[ModelVersion]) -> list[ModelOut]:
     versions = [row.version for row in rows]
     latest = evaluations.latest_evaluations(session, versions)
     verdicts = evaluations.latest_promotion_decisions(session, versions)
+    pruned = retention.pruned_versions(session, versions)
     out = []
     for row in rows:
         model = ModelOut.model_validate(row)
+        model.pruned = row.version in pruned
         evaluation, verdict = latest.get(row.version), verdicts.get(row.version)
         model.evaluation = EvaluationOut.model_validate(evaluation) if evaluation is not None else None
         model.gate = PromotionOut.model_validate(verdict) if verdict is not None else None

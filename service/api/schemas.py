@@ -197,5 +197,8 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     is_active: bool
     activated_at: datetime | None
+    pruned: bool = Field(
+        default=False, description="the retention rule deleted its checkpoint (DQFD_KEEP_VERSIONS)"
+    )
     evaluation: EvaluationOut | None = Field(default=None, description="its latest off-policy evaluation")
     gate: PromotionOut | None = Field(default=None, description="the promotion gate's latest verdict on it")

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.feedback.recording import as_utc
-from service.store.features import decode_mask, decode_state
+from service.store.features import StoredMask, decode_allowed, decode_state
 from service.store.models import Decision, Feedback, LiveTransition, utcnow
 
 # Feedback racing the window's end must not be lost: default rewards wait this much longer.
@@ -31,6 +31,10 @@ class Transition:
     next_mask: np.ndarray | None
     demonstration: bool = False
     """The incumbent's (an apprentice decision's): for the demonstration part of the replay."""
+    allowed: StoredMask | None = None
+    """``mask`` as stored (compact, with the catalogue size the decision saw): for the item agent."""
+    next_allowed: StoredMask | None = None
+    """``next_mask`` as stored."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ def to_transition(row: LiveTransition, n_actions: int) -> Transition:
     # the end of the episode for the agent, so it is passed as terminal and nothing is bootstrapped
     # from the placeholder next state.
     next_state = decode_state(row.next_state) if row.next_state is not None else state
+    allowed, next_allowed = decode_allowed(row.mask), decode_allowed(row.next_mask)
     return Transition(
         state,
         row.action_index,
@@ -56,9 +61,11 @@ def to_transition(row: LiveTransition, n_actions: int) -> Transition:
         next_state,
         row.done or row.truncated,
         row.truncated,
-        decode_mask(row.mask, n_actions),
-        decode_mask(row.next_mask, n_actions),
+        None if allowed is None else allowed.dense(n_actions),
+        None if next_allowed is None else next_allowed.dense(n_actions),
         bool(row.demonstration),
+        allowed,
+        next_allowed,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,9 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ingest.validation import describe_cell, parse_bool
+from service.store import catalogue_revision
 from service.store.models import Item
 
 
@@ -24,13 +25,21 @@ class Catalogue:
     item_ids: tuple[str, ...]
     active: np.ndarray
     index: dict[str, int] = field(default_factory=dict)
+    full: Catalogue | None = field(default=None, repr=False, compare=False)
+    """For a :meth:`prefix` view: the whole catalogue it was cut from (None: this is the whole one)."""
+    attributes: tuple[dict[str, Any] | None, ...] | None = field(default=None, repr=False, compare=False)
+    """Each item's stored attributes (the extra columns of items.csv), for a feature model's item features
+    (service.ingest.item_features); None when loaded without them (``load_catalogue(attributes=False)``)."""
 
     @classmethod
-    def build(cls, item_ids: list[str], active: list[bool]) -> Catalogue:
+    def build(
+        cls, item_ids: list[str], active: list[bool], attributes: list[dict[str, Any] | None] | None = None
+    ) -> Catalogue:
         """A catalogue whose action index is the position in ``item_ids``."""
         mask = np.asarray(active, dtype=bool)
         mask.setflags(write=False)
-        return cls(tuple(item_ids), mask, {item: i for i, item in enumerate(item_ids)})
+        index = {item: i for i, item in enumerate(item_ids)}
+        return cls(tuple(item_ids), mask, index, attributes=None if attributes is None else tuple(attributes))
 
     @property
     def n_actions(self) -> int:
@@ -43,8 +52,38 @@ class Catalogue:
         needs no mask)."""
         return bool(self.active.all())
 
+    def prefix(self, n: int) -> Catalogue:
+        """The first ``n`` items: the actions a fixed-head model trained on an ``n``-item catalogue knows.
+
+        Action indices are append-only, so index ``i < n`` names the same item the model learned; the
+        items added since are not in the view (it remembers them in ``full``) and are never served by it.
+        """
+        if n >= self.n_actions:
+            return self
+        view = Catalogue.build(list(self.item_ids[:n]), self.active[:n].tolist())
+        return replace(view, full=self)
+
+    def split_newer(self, item_ids: list[str]) -> tuple[list[str], list[str]]:
+        """``item_ids`` split into (the ids this view knows or the catalogue does not hold at all, the
+        catalogue's items added after this view's model was trained), each in request order."""
+        full = self.full
+        if full is None:
+            return item_ids, []
+        newer = {item for item in item_ids if item not in self.index and item in full.index}
+        if not newer:
+            return item_ids, []
+        return [i for i in item_ids if i not in newer], [i for i in item_ids if i in newer]
+
     def indices(self, item_ids: list[str], field_name: str, require_active: bool) -> np.ndarray:
-        """Action indices of ``item_ids``; unknown (or inactive, if required) ids raise InvalidInputError."""
+        """Action indices of ``item_ids``; unknown (or inactive, if required) ids raise InvalidInputError;
+        items added after a :meth:`prefix` view's model was trained raise ConflictError (409)."""
+        newer = self.split_newer(item_ids)[1]
+        if newer:
+            raise ConflictError(
+                f"item ids added to the catalogue after the served model was trained (it knows the first "
+                f"{self.n_actions} items; a retrain serves the others): {newer[:10]}",
+                field=field_name,
+            )
         unknown = [item for item in item_ids if item not in self.index]
         if unknown:
             raise InvalidInputError(f"unknown item ids: {unknown[:10]}", field=field_name)
@@ -56,10 +95,18 @@ class Catalogue:
         return idx
 
 
-def load_catalogue(session: Session) -> Catalogue:
-    """The catalogue as stored, in action-index order."""
-    rows = session.execute(select(Item.item_id, Item.active).order_by(Item.action_index)).all()
-    return Catalogue.build([r.item_id for r in rows], [bool(r.active) for r in rows])
+def load_catalogue(session: Session, attributes: bool = False) -> Catalogue:
+    """The catalogue as stored, in action-index order; with ``attributes``, each item's attributes too
+    (one JSON value per item: read when the catalogue changed, not on every poll)."""
+    if not attributes:
+        rows = session.execute(select(Item.item_id, Item.active).order_by(Item.action_index)).all()
+        return Catalogue.build([r.item_id for r in rows], [bool(r.active) for r in rows])
+    rows = session.execute(
+        select(Item.item_id, Item.active, Item.attributes).order_by(Item.action_index)
+    ).all()
+    return Catalogue.build(
+        [r.item_id for r in rows], [bool(r.active) for r in rows], [r.attributes for r in rows]
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -137,6 +184,7 @@ def import_items(session: Session, source: str | Path | pd.DataFrame) -> int:
         next_index += 1
         added += 1
     session.flush()
+    catalogue_revision.bump(session)  # replicas read the catalogue again (service.store.catalogue_revision)
     return added
 
 
@@ -146,6 +194,7 @@ def set_item_active(session: Session, item_id: str, active: bool) -> None:
     if item is None:
         raise NotFoundError(f"unknown item {item_id!r}", field="item_id")
     item.active = active
+    catalogue_revision.bump(session)
 
 
 def bootstrap_catalogue(session: Session, items_path: str | None) -> int:

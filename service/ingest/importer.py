@@ -42,7 +42,7 @@ from service.ingest.reading import iter_frames, source_name
 from service.ingest.validation import check_header, chunk_columns, width_of_first_row
 from service.ingest.writing import ChunkWriter, DirectWriter, DuplicateKeysError, StagedWriter
 from service.progress import progress_bar
-from service.store import shape
+from service.store import catalogue_revision, shape
 from service.store.models import Item
 
 
@@ -123,6 +123,7 @@ def _run(
                     insert(Item),
                     [{"action_index": known[i], "item_id": i, "active": True} for i in new_items],
                 )
+                catalogue_revision.bump(conn)
             imported, skipped = writer.finish()
             conn.commit()
         except BaseException:

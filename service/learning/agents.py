@@ -9,6 +9,9 @@ import dataclasses
 import io
 from typing import Any
 
+from service.ingest.catalogue import Catalogue
+from service.learning import item_agents
+from service.serving.feature_policy import FeatureModel, is_feature_checkpoint
 from service.settings import Settings
 
 
@@ -37,9 +40,16 @@ def config_dict(config: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
-def new_agent(settings: Settings, n_actions: int, state_dim: int | None = None) -> Any:
+def new_agent(
+    settings: Settings, n_actions: int, state_dim: int | None = None, catalogue: Catalogue | None = None
+) -> Any:
     """A fresh DQfD agent for ``state_dim`` features (default: ``DQFD_STATE_DIM``; the trainer passes the
-    width resolved by :func:`service.store.shape.resolve_state_dim`) and ``n_actions`` items."""
+    width resolved by :func:`service.store.shape.resolve_state_dim`).
+
+    With ``catalogue`` (loaded with its attributes) ``DQFD_NETWORK`` chooses the network
+    (:func:`service.learning.item_agents.feature_spec`): the feature network over its items, or the fixed
+    head of ``n_actions`` outputs. Without, always the fixed head.
+    """
     from agent import DQfDAgent
 
     dim = settings.state_dim if state_dim is None else state_dim
@@ -48,6 +58,9 @@ def new_agent(settings: Settings, n_actions: int, state_dim: int | None = None) 
         from service.store.shape import UNKNOWN
 
         raise StateWidthUnknownError(UNKNOWN, field="state_dim")
+    spec = None if catalogue is None else item_agents.feature_spec(settings, catalogue)
+    if spec is not None:
+        return item_agents.new_item_agent(settings, catalogue, dim, spec, agent_config(settings))
     return DQfDAgent(dim, n_actions, config=agent_config(settings), seed=settings.seed)
 
 
@@ -58,11 +71,41 @@ def agent_to_bytes(agent: Any) -> bytes:
     return buffer.getvalue()
 
 
-def agent_from_bytes(checkpoint: bytes) -> Any:
-    """A DQfD agent restored from checkpoint bytes (replay buffers start empty)."""
+def agent_from_bytes(checkpoint: bytes, catalogue: Catalogue | None = None) -> Any:
+    """A DQfD agent restored from checkpoint bytes (replay buffers start empty), by the checkpoint's
+    ``format``: a fixed-head agent, or an item agent over ``catalogue`` (loaded with its attributes;
+    required for one: its item features are the catalogue's, scaled with the checkpoint's saved spec)."""
+    import torch
+
     from agent import DQfDAgent
 
-    return DQfDAgent.load(io.BytesIO(checkpoint))
+    try:
+        return DQfDAgent.load(io.BytesIO(checkpoint))
+    except ValueError:  # not a fixed-head checkpoint (or a broken one): an item agent's?
+        loaded = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+        if not is_feature_checkpoint(loaded):
+            raise
+    if catalogue is None:
+        raise ValueError("an item-agent (feature network) checkpoint is loaded over a catalogue: pass it")
+    return item_agents.load_item_agent(checkpoint, dict(loaded.get("metadata") or {}), catalogue)
+
+
+def n_items(agent: Any) -> int:
+    """The items the agent knows: its outputs (fixed head) or its item table's rows (feature network)."""
+    return len(agent.items) if item_agents.is_item_agent(agent) else int(agent.n_actions)
+
+
+def serving_network(agent: Any) -> Any:
+    """What a policy store publishes for the agent's current weights (a NumPy copy): the fixed head's
+    ``NumpyQNetwork``, or the feature network's :class:`FeatureModel` (bound to the store's catalogue)."""
+    return item_agents.feature_model(agent) if item_agents.is_item_agent(agent) else agent.numpy_policy()
+
+
+def probe_network(agent: Any) -> Any:
+    """The network :func:`service.serving.model_check.probe_problem` checks: the fixed head's NumPy
+    copy, or the feature model over its two probe items."""
+    network = serving_network(agent)
+    return network.probe_network() if isinstance(network, FeatureModel) else network
 
 
 def apply_bounds(agent: Any, settings: Settings) -> Any:

@@ -175,9 +175,11 @@ class JobRunner:
             catalogue = load_catalogue(session)
             if catalogue.n_actions == 0:
                 raise RuntimeError("the catalogue is empty: import items first")
+            if self.settings.network != "fixed":  # the feature network when the attributes hold features
+                catalogue = load_catalogue(session, attributes=True)
             # DQFD_STATE_DIM or the logs' width; a disagreement is a one-line StateWidthMismatchError.
             state_dim = shape.resolve_state_dim(self.settings, session)
-        agent = agents.new_agent(self.settings, catalogue.n_actions, state_dim)
+        agent = agents.new_agent(self.settings, catalogue.n_actions, state_dim, catalogue=catalogue)
         filled = self.replays.fill(agent, catalogue, self._check_stop)
         if filled.demonstrations == 0 and filled.live == 0:
             raise RuntimeError("no demonstrations and no live data to learn from")
@@ -209,7 +211,15 @@ class JobRunner:
         def commit() -> TrainedAgent:
             with session_scope(self.sessions) as session:
                 version = publishing.save_job_version(
-                    session, job, agent, checkpoint, state_dim, catalogue, metrics, activate
+                    session,
+                    job,
+                    agent,
+                    checkpoint,
+                    state_dim,
+                    catalogue,
+                    metrics,
+                    activate,
+                    keep_versions=self.settings.keep_versions,
                 )
             return TrainedAgent(agent, catalogue, version, activate, filled)
 
@@ -230,7 +240,16 @@ class JobRunner:
         one, and activate it (handing its agent over) only when it passed."""
         with session_scope(self.sessions) as session:
             version = publishing.save_job_version(
-                session, job, agent, checkpoint, state_dim, catalogue, metrics, False, finish=False
+                session,
+                job,
+                agent,
+                checkpoint,
+                state_dim,
+                catalogue,
+                metrics,
+                False,
+                finish=False,
+                keep_versions=self.settings.keep_versions,
             )
         with session_scope(self.sessions) as session:
             verdict = promotion.judge(session, self.settings, version, checkpoint)

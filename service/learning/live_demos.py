@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from agent.demonstrations import Episode
+from service.learning import item_agents
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ def add(agent: Any, t: Any) -> bool:
             )
         counts.dropped += 1
         return False
-    agent.add_demonstration_episodes([episode_of(t, int(agent.n_actions))])
+    if item_agents.is_item_agent(agent):  # the same one-step episode, as rows with compact allowed sets
+        item_agents.add_live_demonstration(agent, t)
+    else:
+        agent.add_demonstration_episodes([episode_of(t, int(agent.n_actions))])
     counts.added += 1
     return True

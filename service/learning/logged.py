@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.ingest.catalogue import load_catalogue
 from service.settings import Settings
+from service.store.features import decode_mask
 from service.store.models import Decision, Feedback, LoggedInteraction, utcnow
 
 
@@ -62,12 +63,6 @@ class LoggedDecisions:
         self.rewards.append(reward)
         self.sessions.append(session)
         self.ks.append(max(1, k))
-
-
-def _mask(blob: bytes | None, n_actions: int) -> np.ndarray | None:
-    if blob is None:
-        return None
-    return np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n_actions).astype(bool)
 
 
 def load_logged(
@@ -129,7 +124,7 @@ def load_logged(
         reward = float(row.reward) if row.n else settings.default_reward
         out.add(
             row.state,
-            _mask(row.allowed_mask, n_actions),
+            decode_mask(row.allowed_mask, n_actions),
             int(row.action_index),
             float(row.propensity),
             reward,

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.errors import ModelInvalidError, ModelUnservableError
 from service.feedback.transitions import ReadyFacts, build_ready_transitions, to_transition
 from service.ingest.catalogue import Catalogue, load_catalogue
-from service.learning import agents, promotion, publishing, trainer_metrics
+from service.learning import agents, item_agents, promotion, publishing, trainer_metrics
 from service.learning.handoff import Handoff, TrainedAgent
 from service.learning.history import TrainingHistory
 from service.learning.replay import Filled, Quarantine, ReplayLoader
 from service.metrics import record_losses
-from service.serving.model_check import probe_problem
+from service.serving.model_check import actions_problem, probe_problem
 from service.serving.policy_store import PolicyStore
 from service.settings import Settings
 from service.store import registry, shape
@@ -87,12 +87,16 @@ class OnlineLoop:
         """
         filled = trained.filled
         quarantine = Quarantine()
+        catalogue = trained.catalogue
+        if item_agents.is_item_agent(trained.agent):  # items imported while it trained were served
+            with self.sessions() as session:
+                catalogue = item_agents.follow_catalogue(trained.agent, session) or catalogue
         caught_up, last_id = self.replays.observe_live_after(
-            trained.agent, trained.catalogue, filled.last_live_id, quarantine
+            trained.agent, catalogue, filled.last_live_id, quarantine
         )
         self._adopt(
             trained.agent,
-            trained.catalogue,
+            catalogue,
             trained.version,
             Filled(
                 filled.demonstrations, filled.live + caught_up, last_id, filled.quarantined + quarantine.count
@@ -129,10 +133,10 @@ class OnlineLoop:
             return
         with self.sessions() as session:
             checkpoint = registry.load_checkpoint(session, active)
-            catalogue = load_catalogue(session)
+            catalogue = load_catalogue(session, attributes=True)  # a feature network's item features
             width = shape.serving_width(self.settings.state_dim, session)
         try:
-            agent = agents.apply_bounds(agents.agent_from_bytes(checkpoint), self.settings)
+            agent = agents.apply_bounds(agents.agent_from_bytes(checkpoint, catalogue), self.settings)
         except Exception:
             # Keep learning from the current agent; serving keeps its policy too (see ModelPoller).
             self.failed_version = active
@@ -141,10 +145,15 @@ class OnlineLoop:
         if problem is not None:  # its replay could not hold these logs; serving refuses it too
             self.failed_version = active
             raise ModelUnservableError(problem)
-        problem = probe_problem(agent.numpy_policy(), active)  # e.g. NaN weights: never learn from them
+        # e.g. NaN weights, or more actions than items (another catalogue): never learn from them
+        problem = actions_problem(active, agents.n_items(agent), catalogue.n_actions)
+        problem = problem or probe_problem(agents.probe_network(agent), active)
         if problem is not None:
             self.failed_version = active
             raise ModelInvalidError(problem)
+        # A catalogue grown since it was trained: a fixed head learns over the items it knows (as it
+        # serves them); a feature network's table already holds every item (agents.agent_from_bytes).
+        catalogue = catalogue.prefix(agents.n_items(agent))
         filled = self.replays.fill(agent, catalogue)
         self._adopt(agent, catalogue, active, filled)
         log.info("trainer now learns from model version %s", active)
@@ -156,6 +165,8 @@ class OnlineLoop:
         s = self.settings
         facts: dict[str, ReadyFacts] = {}
         with self.sessions() as session:
+            if item_agents.is_item_agent(self.agent):  # new items: learned about from their first step
+                self.catalogue = item_agents.follow_catalogue(self.agent, session) or self.catalogue
             rows = build_ready_transitions(
                 session,
                 reward_window_s=s.reward_window_s,
@@ -235,6 +246,7 @@ class OnlineLoop:
                     self.base_version,
                     self.last_losses,
                     activate=not gated,
+                    keep_versions=self.settings.keep_versions,
                 )
 
         version = self.handoff.unless_pending(commit)

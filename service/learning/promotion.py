@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.ingest.catalogue import load_catalogue
 from service.learning.evaluation import ESTIMATORS, evaluate
+from service.serving.feature_policy import FeatureModel, FeatureNetwork
 from service.serving.policy_store import decode_checkpoint
 from service.settings import Settings
 from service.store import evaluations, registry
@@ -68,6 +70,7 @@ def store_evaluation(
     baseline = None
     if baseline_version is not None:
         baseline = decode_checkpoint(registry.load_checkpoint(session, baseline_version))
+    network, baseline = comparable(session, network, baseline)
     # The gate reads DR alone: IPS and SNIPS would double its time on the trainer's thread.
     names = ("dr",) if purpose == "gate" else ESTIMATORS
     fields = evaluate(session, settings, network, baseline, since, until, progress or (lambda _: None), names)
@@ -79,6 +82,28 @@ def store_evaluation(
         baseline_version=baseline_version,
         **fields,
     )
+
+
+def comparable(session: Session, network: Any, baseline: Any | None) -> tuple[Any, Any | None]:
+    """The two decoded versions as Q-networks over the same items: a feature model (scored by item
+    features) bound to the stored catalogue, cut to a fixed-head partner's items when paired with one
+    (the actions both can take; evaluation scores a dense (decisions × items) block)."""
+    pair = (network, baseline)
+    if not any(isinstance(x, FeatureModel) for x in pair):
+        return network, baseline
+    catalogue = load_catalogue(session, attributes=True)
+    fixed = [int(x.n_actions) for x in pair if x is not None and not isinstance(x, FeatureModel)]
+    n = min(fixed, default=catalogue.n_actions)
+
+    def bound(x: Any) -> Any:
+        if not isinstance(x, FeatureModel):
+            return x
+        whole = x.bind(catalogue)
+        if n >= whole.n_actions:
+            return whole
+        return FeatureNetwork(x, whole.scorer.with_features(whole.scorer.features[:n]))
+
+    return bound(network), None if baseline is None else bound(baseline)
 
 
 def rule(settings: Settings, row: ModelEvaluation) -> tuple[bool, str]:

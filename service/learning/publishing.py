@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from service.ingest.catalogue import Catalogue
 from service.learning import agents
 from service.serving.policy_store import PolicyStore
-from service.store import registry
+from service.store import registry, retention
 from service.store.models import LiveTransition, TrainingJob, utcnow
 
 
@@ -29,9 +29,11 @@ def save_job_version(
     metrics: dict[str, Any],
     activate: bool,
     finish: bool = True,
+    keep_versions: int | None = None,
 ) -> int:
     """Save a job's trained agent as a new model version (activated or not) and mark the job succeeded
-    (not yet without ``finish``: the promotion gate judges it first); returns the version number."""
+    (not yet without ``finish``: the promotion gate judges it first); returns the version number. With
+    ``keep_versions`` (DQFD_KEEP_VERSIONS) the retention rule runs in the same transaction."""
     version = registry.save_version(
         session,
         checkpoint=checkpoint,
@@ -52,6 +54,8 @@ def save_job_version(
         row.status = "succeeded"
         row.progress = 1.0
         row.finished_at = utcnow()
+    if keep_versions is not None:
+        retention.prune_checkpoints(session, keep_versions)
     return version
 
 
@@ -63,11 +67,14 @@ def save_online_version(
     parent_version: int | None,
     losses: dict[str, float],
     activate: bool = True,
+    keep_versions: int | None = None,
 ) -> int:
     """Save the online-trained weights as a new model version, active unless ``activate`` is false (the
-    promotion gate decides after the save); returns its number."""
+    promotion gate decides after the save); returns its number. With ``keep_versions``
+    (DQFD_KEEP_VERSIONS) the retention rule runs in the same transaction: online saves are what fills
+    the database."""
     live_total = session.scalar(select(func.count()).select_from(LiveTransition))
-    return registry.save_version(
+    version = registry.save_version(
         session,
         checkpoint=checkpoint,
         state_dim=int(agent.state_dim),
@@ -79,11 +86,15 @@ def save_online_version(
         parent_version=parent_version,
         activate=activate,
     ).version
+    if keep_versions is not None:
+        retention.prune_checkpoints(session, keep_versions)
+    return version
 
 
 def publish_policy(store: PolicyStore, agent: Any, version: int) -> None:
-    """Swap the agent's current weights (a NumPy copy) into this process's policy store."""
+    """Swap the agent's current weights (a NumPy copy) into this process's policy store (a feature
+    network's is bound there to the store's catalogue, new items included)."""
     # policy_revision counts the online updates in the served weights (docs/service.md), so the
     # pretraining updates a version started from are left out.
     online = int(agent.n_updates) - int(agent.n_pretrain_updates)
-    store.publish(agent.numpy_policy(), version, online)
+    store.publish(agents.serving_network(agent), version, online)

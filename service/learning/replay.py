@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.feedback.transitions import to_transition
 from service.ingest.catalogue import Catalogue
-from service.learning import live_demos
+from service.learning import item_agents, live_demos
 from service.learning.demos import count_demonstrations, iter_demonstrations
 from service.settings import Settings
 from service.store.models import LiveTransition
@@ -50,7 +50,10 @@ def observe(agent: Any, t: Any) -> None:
     if getattr(t, "demonstration", False):
         live_demos.add(agent, t)
         return
-    agent.observe(t.state, t.action, t.reward, t.next_state, t.done, t.mask, t.next_mask)
+    if item_agents.is_item_agent(agent):  # its masks as compact allowed sets
+        item_agents.observe(agent, t)
+        return
+    agent.observe(t.state, t.action, t.reward, t.next_state, t.done, mask=t.mask, next_mask=t.next_mask)
 
 
 class Quarantine:
@@ -109,12 +112,20 @@ class ReplayLoader:
         if n and hasattr(replay, "reserve_demonstrations"):
             replay.reserve_demonstrations(n)
         loaded = 0
-        chunks = iter_demonstrations(self.engine, catalogue, agent.state_dim, self.settings.demo_chunk_rows)
+        items = item_agents.is_item_agent(agent)  # allowed items as index sets, not dense masks
+        chunks = iter_demonstrations(
+            self.engine, catalogue, agent.state_dim, self.settings.demo_chunk_rows, compact=items
+        )
         try:
             for demos in chunks:
                 if interrupt is not None:
                     interrupt()
                 rejected = getattr(agent, "n_rejected_rows", 0)
+                allowed = {}
+                if demos.allowed is not None:
+                    allowed["allowed"] = item_agents.candidate_sets(catalogue.n_actions, demos.allowed)
+                elif demos.masks is not None:
+                    allowed["masks"] = demos.masks
                 # A poisoned row is left out (its episode cut there), never stored nor replayed.
                 agent.add_demonstrations(
                     demos.states,
@@ -122,8 +133,8 @@ class ReplayLoader:
                     demos.rewards,
                     demos.dones,
                     demos.episode_ids,
-                    demos.masks,
                     skip_invalid=True,
+                    **allowed,
                 )
                 bad = getattr(agent, "n_rejected_rows", 0) - rejected
                 loaded += len(demos) - bad

@@ -23,6 +23,7 @@ import numpy as np
 
 from service.errors import InvalidInputError
 from service.serving.choice import Choice, softmax_probabilities
+from service.serving.feature_policy import FeatureNetwork
 from service.serving.policy_store import ServingPolicy
 from service.serving.shadow import Modes
 
@@ -52,6 +53,10 @@ def policy_distribution(
     ε-greedy policy's greedy action when the caller knows it (the served model's first-ranked item, so the
     tie-break is :func:`choose`'s); by default the first action of highest Q-value.
     """
+    if isinstance(policy.network, FeatureNetwork):  # over the set choose() scores, not all n items
+        from service.serving.feature_choice import feature_distribution  # (it imports choice)
+
+        return feature_distribution(policy, vector, mask, exploration, epsilon, temperature, greedy)
     q = policy.q_values(vector[None, :], None if mask is None else mask[None, :])[0]
     allowed = np.arange(q.shape[0]) if mask is None else np.flatnonzero(mask)
     allowed_q = q[allowed]
@@ -61,6 +66,11 @@ def policy_distribution(
     probs = np.full(allowed.shape[0], epsilon / allowed.shape[0])
     probs[position] += 1.0 - epsilon
     return allowed, probs
+
+
+def shadow_fits(shadow: ServingPolicy, policy: ServingPolicy) -> bool:
+    """Whether the shadow knows the same items as the served policy (the request's mask fits both)."""
+    return shadow.catalogue.n_actions == policy.catalogue.n_actions
 
 
 def baseline_index(policy: ServingPolicy, baseline_item: str, mask: np.ndarray | None) -> int:
@@ -113,7 +123,8 @@ def apply_modes(
             row["propensity"] = 1.0 if baseline_propensity is None else baseline_propensity
             row["explored"], row["apprentice"] = False, True
     shadow = modes.shadow
-    if shadow is not None and shadow.network.state_dim == vector.shape[0]:
+    # A shadow trained on another catalogue size scores other items than the served model: left out.
+    if shadow is not None and shadow.network.state_dim == vector.shape[0] and shadow_fits(shadow, policy):
         allowed, probs = policy_distribution(shadow, vector, choice.mask, mode, epsilon, temperature)
         drawn = _draw(probs)
         row["shadow_version"] = shadow.model_version

@@ -11,7 +11,8 @@ import numpy as np
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from service.errors import InvalidInputError
+from service.errors import ConflictError, InvalidInputError
+from service.serving.feature_policy import FeatureNetwork
 from service.serving.policy_store import ServingPolicy
 from service.store.features import encode_mask, encode_state
 from service.store.models import Decision, utcnow
@@ -52,8 +53,37 @@ class Choice:
 def allowed_mask(
     policy: ServingPolicy, candidates: list[str] | None, exclude: list[str] | None
 ) -> tuple[np.ndarray, bool]:
-    """Allowed actions (active ∩ candidates ∖ exclude) and whether the request narrowed them."""
+    """Allowed actions (active ∩ candidates ∖ exclude) and whether the request narrowed them.
+
+    The policy's catalogue holds the items its model knows (:meth:`Catalogue.prefix`): candidates added
+    to the catalogue after a fixed-head model was trained are left out of the ranking, and a request
+    naming only such candidates is a 409 (field ``candidates``); excluding them changes nothing.
+    """
     catalogue = policy.catalogue
+    if candidates is not None:
+        candidates, newer = catalogue.split_newer(candidates)
+        if newer and not candidates:
+            raise ConflictError(
+                f"the served model version {policy.model_version} knows none of the candidates: "
+                f"{newer[:10]} were added to the catalogue after it was trained (it ranks the first "
+                f"{catalogue.n_actions} items; a retrain serves the others)",
+                field="candidates",
+            )
+    elif not (catalogue.full or catalogue).active.any():
+        raise ConflictError(
+            "no item of the catalogue is active: activate items (python -m service import --items, or "
+            "the items' active flag) before asking for recommendations",
+            field="candidates",
+        )
+    elif not catalogue.active.any():
+        raise ConflictError(
+            f"the served model version {policy.model_version} knows none of the active items (it was "
+            f"trained on the first {catalogue.n_actions} items, all deactivated now): activate one of "
+            "them, or retrain",
+            field="candidates",
+        )
+    if exclude:
+        exclude = catalogue.split_newer(exclude)[0]
     if candidates is not None:
         mask = np.zeros(catalogue.n_actions, dtype=bool)
         mask[catalogue.indices(candidates, "candidates", require_active=True)] = True
@@ -110,6 +140,7 @@ def choose(
     A request that narrows nothing (no candidates, no exclusions, every item active) skips the mask:
     its allowed items are all actions, and the result is the one the masked path would give.
     A state value past ``max_abs_state`` (DQFD_MAX_ABS_STATE) is refused before it is stored or learned from.
+    A feature-network policy chooses by retrieval, then exact scoring (service.serving.feature_choice).
     """
     if len(state) != state_dim:
         raise InvalidInputError(
@@ -130,7 +161,13 @@ def choose(
     catalogue = policy.catalogue
     n_actions = catalogue.n_actions
     if k > n_actions:
-        raise InvalidInputError(f"k must be at most the catalogue size {n_actions}", field="k")
+        full = catalogue.full
+        known = "" if full is None else f" (the items the served model knows of {full.n_actions})"
+        raise InvalidInputError(f"k must be at most the catalogue size {n_actions}{known}", field="k")
+    if isinstance(policy.network, FeatureNetwork):  # retrieval, then exact scoring
+        from service.serving.feature_choice import choose_by_features  # (it imports this module)
+
+        return choose_by_features(policy, vector, candidates, exclude, k, epsilon, exploration, temperature)
     if candidates is None and not exclude and catalogue.all_active:
         mask = allowed = None
         q = policy.q_values(vector[None, :], None)[0]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ModelInvalidError, ModelWidthError
+from service.serving.feature_policy import FeatureModel, validate_feature_model
 from service.serving.policy_store import decode_checkpoint
 from service.store.shape import StateWidth
 
@@ -50,10 +51,41 @@ def probe_problem(network: Any, model_version: int) -> str | None:
     return None
 
 
-def validate_checkpoint(checkpoint: bytes, model_version: int, n_actions: int, width: StateWidth) -> Any:
+def actions_problem(model_version: int, model_actions: int, catalogue_size: int) -> str | None:
+    """Why a fixed-head model of ``model_actions`` outputs cannot serve a catalogue of ``catalogue_size``
+    items, or None. Fewer is fine: action indices are append-only, so output ``i`` still names item ``i``
+    and the items added since are left out (:meth:`Catalogue.prefix`). More cannot happen on the same
+    database (items are never deleted): the model was trained on another catalogue."""
+    if model_actions <= catalogue_size:
+        return None
+    return (
+        f"model version {model_version} has {model_actions} actions but the catalogue has {catalogue_size} "
+        "items (items are never removed, so it was trained on another catalogue)"
+    )
+
+
+def known_active_problem(model_version: int, model_actions: int, active: np.ndarray) -> str | None:
+    """Why a model knowing the first ``model_actions`` items has nothing to serve (every one of them is
+    deactivated), or None."""
+    if active[:model_actions].any():
+        return None
+    return (
+        f"model version {model_version} knows none of the active items (it was trained on the first "
+        f"{model_actions} items, all deactivated now): activate one of them, or retrain"
+    )
+
+
+def validate_checkpoint(
+    checkpoint: bytes,
+    model_version: int,
+    n_actions: int,
+    width: StateWidth,
+    active: np.ndarray | None = None,
+) -> Any:
     """The NumPy Q-network of ``checkpoint`` if it can serve with a catalogue of ``n_actions`` items and
     ``width``; else :class:`~service.errors.ModelInvalidError` (a width disagreement:
-    :class:`~service.errors.ModelWidthError`) with a one-line reason.
+    :class:`~service.errors.ModelWidthError`) with a one-line reason. With the catalogue's ``active``
+    flags, a model that knows none of the active items is refused too (the admin activation).
 
     A width that is not known yet, or whose sources disagree among themselves (``width.problem``, which
     no model can fix), is not held against the model.
@@ -64,12 +96,13 @@ def validate_checkpoint(checkpoint: bytes, model_version: int, n_actions: int, w
         raise ModelInvalidError(
             f"model version {model_version}'s checkpoint cannot be loaded ({_short(exc)})", field="version"
         ) from None
-    if network.n_actions != n_actions:
-        raise ModelInvalidError(
-            f"model version {model_version} has {network.n_actions} actions but the catalogue has "
-            f"{n_actions} items",
-            field="version",
-        )
+    if isinstance(network, FeatureModel):  # any catalogue: every item is scored by its features
+        return validate_feature_model(network, model_version, width, active)
+    problem = actions_problem(model_version, int(network.n_actions), n_actions)
+    if problem is None and active is not None:
+        problem = known_active_problem(model_version, int(network.n_actions), active)
+    if problem is not None:
+        raise ModelInvalidError(problem, field="version")
     if width.problem is None and width.dim is not None and network.state_dim != width.dim:
         raise ModelWidthError(
             f"model version {model_version} takes {network.state_dim} features but {width.origin}",

@@ -13,21 +13,33 @@ import numpy as np
 from service.errors import ModelUnservableError, NoModelError
 from service.ingest.catalogue import Catalogue
 from service.metrics import SERVED_VERSION
+from service.serving.feature_policy import FeatureModel, FeatureNetwork, is_feature_checkpoint
 from service.store import shape
 
 log = logging.getLogger(__name__)
 
 
 def decode_checkpoint(checkpoint: bytes) -> Any:
-    """The NumPy Q-network of a model version's checkpoint bytes (what serving evaluates per request)."""
+    """The NumPy Q-network of a model version's checkpoint bytes (what serving evaluates per request): a
+    fixed-head agent's gives a ``NumpyQNetwork``, an item agent's a
+    :class:`~service.serving.feature_policy.FeatureModel` (bound to the catalogue when published)."""
+    import torch
+
     from agent.inference import NumpyQNetwork
 
-    return NumpyQNetwork.from_checkpoint(io.BytesIO(checkpoint))
+    loaded = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+    if is_feature_checkpoint(loaded):
+        return FeatureModel.from_checkpoint(loaded)
+    return NumpyQNetwork(loaded["online"])
 
 
 @dataclass(frozen=True)
 class ServingPolicy:
-    """An immutable NumPy Q-network with the catalogue it was checked against and its provenance."""
+    """An immutable NumPy Q-network with the catalogue it was checked against and its provenance.
+
+    ``catalogue`` is what the network can serve: the first ``n_actions`` items of the stored catalogue
+    (:meth:`Catalogue.prefix`), so items imported after a fixed-head model was trained are never chosen
+    by it, and deactivated ones never are by anyone."""
 
     network: Any
     catalogue: Catalogue
@@ -129,21 +141,23 @@ class PolicyStore:
                 self.last_error = problem
                 log.error("rejected model: %s", problem)
                 return False
-            if network.n_actions != catalogue.n_actions:
-                self.last_error = (
-                    f"model version {model_version} has {network.n_actions} actions; "
-                    f"the catalogue has {catalogue.n_actions} items"
-                )
-                log.error("rejected model: %s", self.last_error)
-                return False
-            from service.serving.model_check import probe_problem  # (it imports decode_checkpoint)
+            if isinstance(network, FeatureModel | FeatureNetwork):  # scored by features: any catalogue
+                if catalogue.attributes is None:
+                    self.last_error = f"model version {model_version}: the catalogue has no item attributes"
+                    log.error("rejected model: %s", self.last_error)
+                    return False
+                network = network.bind(catalogue)
+            from service.serving.model_check import actions_problem, probe_problem  # (they import us)
 
-            problem = probe_problem(network, model_version)
+            # A catalogue grown since the model was trained is fine: it serves the items it knows.
+            problem = actions_problem(model_version, int(network.n_actions), catalogue.n_actions)
+            problem = problem or probe_problem(network, model_version)
             if problem is not None:  # e.g. online weights that diverged: the old policy keeps serving
                 self.last_error = problem
                 log.error("rejected model: %s", problem)
                 return False
-            self._policy = ServingPolicy(network, catalogue, model_version, revision)
+            known = catalogue.prefix(int(network.n_actions))
+            self._policy = ServingPolicy(network, known, model_version, revision)
             self.last_error = self.problem = None
             SERVED_VERSION.set(model_version)
             return True
@@ -153,5 +167,12 @@ class PolicyStore:
         with self._write_lock:
             self._catalogue = catalogue
             policy = self._policy
-            if policy is not None and policy.network.n_actions == catalogue.n_actions:
-                self._policy = ServingPolicy(policy.network, catalogue, policy.model_version, policy.revision)
+            features = catalogue.attributes is not None
+            if policy is not None and isinstance(policy.network, FeatureNetwork) and features:
+                # New items are scored by their features at once; vectors are computed for them only.
+                network = policy.network.bind(catalogue)
+                self._policy = ServingPolicy(network, catalogue, policy.model_version, policy.revision)
+                return
+            if policy is not None and policy.network.n_actions <= catalogue.n_actions:
+                known = catalogue.prefix(int(policy.network.n_actions))  # new items: not this model's
+                self._policy = ServingPolicy(policy.network, known, policy.model_version, policy.revision)

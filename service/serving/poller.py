@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.errors import ModelInvalidError, ModelWidthError
-from service.ingest.catalogue import load_catalogue
+from service.ingest.catalogue import Catalogue, load_catalogue
 from service.metrics import DATABASE_ERRORS, record_jobs
-from service.serving.model_check import validate_checkpoint
+from service.serving.model_check import actions_problem, validate_checkpoint
 from service.serving.policy_store import PolicyStore
 from service.serving.shadow import Modes
-from service.store import jobs, registry, shape
+from service.store import catalogue_revision, jobs, registry, shape
 from service.store.db import database_unavailable
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class ModelPoller:
         """Apprentice mode and the shadow version, as stored (service.serving.shadow)."""
         self.last_error: str | None = None
         self._reported: tuple[int, int] | None = None  # (active, served) of store.fallback
+        self._catalogue_revision: catalogue_revision.Fingerprint | None = None  # of the stored catalogue
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,14 +63,7 @@ class ModelPoller:
         """One synchronisation with the database (and the jobs by state, for the metrics)."""
         with self.sessions() as session:
             record_jobs(jobs.count_by_state(session))
-            catalogue = load_catalogue(session)
-            current = self.store.catalogue
-            if (
-                current is None
-                or current.item_ids != catalogue.item_ids
-                or not (current.active == catalogue.active).all()
-            ):
-                self.store.set_catalogue(catalogue)
+            catalogue = self._sync_catalogue(session)
             # DQFD_STATE_DIM against the imported logs' width: a policy of another width stops serving.
             width = shape.serving_width(self.store.configured_state_dim, session)
             self.store.set_width(width)
@@ -93,6 +87,19 @@ class ModelPoller:
                 self._report(active, policy.model_version, "the one served before")
                 return
             self._fall_back(session, active, key, width)
+
+    def _sync_catalogue(self, session: Session) -> Catalogue:
+        """The stored catalogue, read (with the item attributes a feature model scores by) and swapped into
+        the store only when its fingerprint changed (service.store.catalogue_revision): reading 100,000
+        items on every poll would hold the GIL against requests."""
+        revision = catalogue_revision.fingerprint(session)
+        current = self.store.catalogue
+        if current is not None and revision == self._catalogue_revision:
+            return current
+        catalogue = load_catalogue(session, attributes=True)
+        self.store.set_catalogue(catalogue)
+        self._catalogue_revision = revision
+        return catalogue
 
     def _check(self, session: Session, version: int, key: tuple[int | None, int], width: Any) -> Any:
         """The version's network if it passes the checks; None (and remembered) if not."""
@@ -131,7 +138,7 @@ class ModelPoller:
             known = self.rejected.get(version)
             if version == active or (known is not None and known.key == key):
                 continue
-            if row.n_actions != key[1] or (key[0] is not None and row.state_dim != key[0]):
+            if row.n_actions > key[1] or (key[0] is not None and row.state_dim != key[0]):
                 # Its recorded shape already rules it out: no need to read the checkpoint.
                 self._reject(version, Rejection(_shape_reason(version, row, key, width), key))
                 continue
@@ -179,6 +186,6 @@ class ModelPoller:
 
 
 def _shape_reason(version: int, row: Any, key: tuple[int | None, int], width: Any) -> str:
-    if row.n_actions != key[1]:
-        return f"model version {version} has {row.n_actions} actions but the catalogue has {key[1]} items"
+    if row.n_actions > key[1]:  # fewer is fine: a grown catalogue (model_check.actions_problem)
+        return actions_problem(version, row.n_actions, key[1]) or ""
     return f"model version {version} takes {row.state_dim} features but {width.origin}"

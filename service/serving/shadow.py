@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.errors import ServiceError
+from service.serving.feature_policy import FeatureModel, FeatureNetwork
 from service.serving.model_check import validate_checkpoint
 from service.serving.policy_store import PolicyStore, ServingPolicy
 from service.store import registry
@@ -62,8 +63,14 @@ class Modes:
         key = (width.dim, catalogue.n_actions)
         current = self.shadow
         if current is not None and current.model_version == version and _fits(current.network, key):
-            if current.catalogue is not catalogue:  # item (de)activated: masks come from the request anyway
-                self.shadow = ServingPolicy(current.network, catalogue, version)
+            if isinstance(current.network, FeatureNetwork) and catalogue.attributes is not None:
+                if current.catalogue is not catalogue:  # new items: scored by their features at once
+                    self.shadow = ServingPolicy(current.network.bind(catalogue), catalogue, version)
+                return
+            if current.catalogue.full is not catalogue and current.catalogue is not catalogue:
+                # items (de)activated or added: masks come from the request anyway
+                known = catalogue.prefix(int(current.network.n_actions))
+                self.shadow = ServingPolicy(current.network, known, version)
             return
         if self._failed.get(version) == key:
             return
@@ -75,9 +82,15 @@ class Modes:
             log.error("shadow version %s cannot be scored: %s", version, exc.message)
             return
         self._failed.pop(version, None)
-        self.shadow, self.shadow_error = ServingPolicy(network, catalogue, version), None
+        if isinstance(network, FeatureModel):  # scores every item by its features
+            if catalogue.attributes is None:
+                self.shadow, self.shadow_error = None, "the catalogue snapshot has no item attributes"
+                return
+            network = network.bind(catalogue)
+        known = catalogue.prefix(int(network.n_actions))  # a grown catalogue: the items it knows
+        self.shadow, self.shadow_error = ServingPolicy(network, known, version), None
         log.info("scoring shadow version %s beside the served one", version)
 
 
 def _fits(network: Any, key: tuple[int | None, int]) -> bool:
-    return network.n_actions == key[1] and (key[0] is None or network.state_dim == key[0])
+    return network.n_actions <= key[1] and (key[0] is None or network.state_dim == key[0])

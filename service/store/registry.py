@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.errors import NotFoundError
+from service.errors import ModelInvalidError, NotFoundError
 from service.store.models import ModelActivation, ModelVersion, utcnow
 
 
@@ -68,10 +68,17 @@ def active_version_number(session: Session) -> int | None:
 
 
 def load_checkpoint(session: Session, version: int) -> bytes:
-    """The checkpoint bytes of one version."""
+    """The checkpoint bytes of one version; 404 when it does not exist, 409 when the retention rule
+    pruned them (:mod:`service.store.retention`)."""
     checkpoint = session.scalar(select(ModelVersion.checkpoint).where(ModelVersion.version == version))
     if checkpoint is None:
         raise NotFoundError(f"model version {version} does not exist", field="version")
+    if len(checkpoint) == 0:  # emptied by the retention rule (no saved agent is zero bytes)
+        raise ModelInvalidError(
+            f"model version {version} was pruned by the checkpoint retention rule (DQFD_KEEP_VERSIONS): "
+            "its checkpoint is deleted, its history kept",
+            field="version",
+        )
     return checkpoint
 
 

@@ -11,7 +11,7 @@ import torch
 
 from agent import DQfDAgent, DQfDConfig, Episode, NumpyQNetwork
 from agent.losses import double_dqn_bootstrap, l2_loss, margin_loss, q_filter, td_loss, td_targets
-from agent.networks import DuelingQNetwork
+from agent.networks import DuelingQNetwork, dueling_combine, dueling_combine_backward
 
 
 def agent_with_demos(seed: int = 0, **overrides) -> DQfDAgent:
@@ -144,6 +144,40 @@ def test_backward_q_gives_autograds_parameter_gradients():
     (net(states) * grad_q).sum().backward()
     for mine, autograd in zip(manual, [p.grad for p in net.parameters()], strict=True):
         torch.testing.assert_close(mine, autograd, rtol=1e-5, atol=1e-7)
+
+
+def test_dueling_combination_is_hand_computed_v_plus_a_minus_mean_a():
+    head = torch.tensor([[1.0, 2.0, 4.0, 0.0], [-1.0, 0.0, 0.0, 3.0]])  # columns: V, A_1, A_2, A_3
+    # Row 0: mean A = 2, Q = 1 + A − 2; row 1: mean A = 1, Q = −1 + A − 1.
+    assert dueling_combine(head).tolist() == [[1.0, 3.0, -1.0], [-2.0, -2.0, 1.0]]
+    # dJ/dV = Σ g = −3; dJ/dA = g − mean(g) = g + 1.
+    assert dueling_combine_backward(torch.tensor([[1.0, 0.0, -4.0]])).tolist() == [[-3.0, 2.0, 1.0, -3.0]]
+    assert dueling_combine(torch.tensor([[2.0, 5.0]])).tolist() == [[2.0]]  # one action: Q = V
+
+
+@pytest.mark.parametrize("n_actions", [1, 257])
+def test_backward_q_equals_autograd_for_one_action_and_for_many(n_actions):
+    torch.manual_seed(0)
+    net = DuelingQNetwork(5, n_actions, (16,))
+    states, grad_q = torch.randn(7, 5), torch.randn(7, n_actions)
+    with torch.no_grad():
+        q_all, inputs = net.forward_keeping_activations(torch.cat([states, torch.randn(2, 5)]))
+    torch.testing.assert_close(q_all[:7], net(states).detach(), rtol=0, atol=0)
+    net.backward_q(inputs, grad_q)
+    manual = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    (net(states) * grad_q).sum().backward()
+    for mine, autograd in zip(manual, [p.grad for p in net.parameters()], strict=True):
+        torch.testing.assert_close(mine, autograd, rtol=1e-5, atol=1e-6)
+
+
+def test_the_dueling_network_holds_only_its_weights_in_o_n_memory():
+    # The dense (n+1)×n combination matrix is gone: at 10,000 actions it was 400 MB. It was never in the
+    # state dict, so checkpoints written before and after hold the same keys.
+    net = DuelingQNetwork(3, 10_000, (8,))
+    assert list(net.buffers()) == []
+    assert list(net.state_dict()) == ["trunk.0.weight", "trunk.0.bias", "head.weight", "head.bias"]
+    assert sum(p.numel() for p in net.parameters()) == 3 * 8 + 8 + 8 * 10_001 + 10_001
 
 
 def test_train_step_reports_every_loss_component():

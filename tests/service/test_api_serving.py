@@ -229,7 +229,8 @@ def test_feedback_aggregation(settings_factory, aggregation: str) -> None:  # ty
             assert second.json() == {"event_id": event, "status": "ignored", "reward": 1.0, "done": False}
 
 
-def test_catalogue_without_active_items_is_422(client: TestClient, trained: Settings) -> None:
+def test_catalogue_without_active_items_is_409(client: TestClient, trained: Settings) -> None:
+    """Not the request's fault: the catalogue's state conflicts with serving (a 409 that says what to do)."""
     engine, sessions = _db(trained)
     with sessions() as session:
         session.execute(update(Item).values(active=False))
@@ -237,7 +238,8 @@ def test_catalogue_without_active_items_is_422(client: TestClient, trained: Sett
     engine.dispose()
     client.app.state.service.poller.refresh()
     response = client.post("/act", json={"state": STATE})
-    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "exclude"
+    assert response.status_code == 409
+    assert response.json()["detail"][0]["msg"].startswith("no item of the catalogue is active")
 
 
 def test_openapi_documents_the_endpoints_with_examples(client: TestClient) -> None:

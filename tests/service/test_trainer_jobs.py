@@ -116,7 +116,7 @@ def test_online_learning_goes_on_while_a_retrain_runs(
 ) -> None:
     loads: list[int] = []
     real_load = agents.agent_from_bytes
-    monkeypatch.setattr(agents, "agent_from_bytes", lambda b: loads.append(1) or real_load(b))
+    monkeypatch.setattr(agents, "agent_from_bytes", lambda b, *rest: loads.append(1) or real_load(b, *rest))
     trainer = _trainer(trained, sessions, save_every_updates=4, publish_every_updates=1)
     inside, release = _block_job_progress(trainer)
     trainer.start()
