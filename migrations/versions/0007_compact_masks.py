@@ -1,8 +1,10 @@
-"""Compact allowed-action masks (issue 15): ``decisions.allowed_mask``, ``live_transitions.mask`` and
-``live_transitions.next_mask`` are rewritten from ``np.packbits`` of a dense bool mask (12.5 kB per row on a
-100,000-item catalogue) into the self-describing format of ``service.store.features.encode_mask``: a 1-byte
-format tag and the uint32 catalogue size ``n``, then the allowed (tag 1) or the excluded (tag 2) indices of
-``[0, n)``, whichever list is shorter (a tie: the excluded), as sorted little-endian int32.
+"""Compact allowed-action masks (issue 15): a catalogue size and the shorter index list, not packbits.
+
+``decisions.allowed_mask``, ``live_transitions.mask`` and ``live_transitions.next_mask`` are rewritten from
+``np.packbits`` of a dense bool mask (12.5 kB per row on a 100,000-item catalogue) into the self-describing
+format of ``service.store.features.encode_mask``: a 1-byte format tag and the uint32 catalogue size ``n``,
+then the allowed (tag 1) or the excluded (tag 2) indices of ``[0, n)``, whichever list is shorter (a tie:
+the excluded), as sorted little-endian int32.
 
 A packbits blob does not record the catalogue size the decision saw, only its length in bytes: ``n`` is
 taken as ``8 · len(blob)``. That is exact, since the padding bits are 0 (not allowed) and stay not allowed
