@@ -36,16 +36,6 @@ from agent.networks import DuelingQNetwork
 from agent.types import Batch
 
 
-class _PerSample(NamedTuple):
-    q_taken: torch.Tensor
-    j_dq: torch.Tensor
-    j_n: torch.Tensor
-    j_e: torch.Tensor
-    keep: torch.Tensor
-    margin_argmax: torch.Tensor
-    per_sample: torch.Tensor
-
-
 class DataTerms(NamedTuple):
     """Per-sample values of one batch's data loss (no autograd graph), shape (B,) unless noted."""
 
@@ -98,8 +88,9 @@ def _per_sample(
     cfg: DQfDConfig,
     margin_weight: float,
     use_q_filter: bool,
-) -> _PerSample:
-    """Q(s, a), J_DQ, J_n, J_E, keep, a* and the per-sample loss; differentiable in ``q`` where q is."""
+) -> dict[str, torch.Tensor]:
+    """Q(s, a), J_DQ, J_n, J_E, keep, a* and the per-sample loss, by their :class:`DataTerms` field
+    names; differentiable in ``q`` where q is."""
     q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     j_dq = td_loss(q_taken, target_1, cfg.td_loss)
     j_n = td_loss(q_taken, target_n, cfg.td_loss)
@@ -110,7 +101,15 @@ def _per_sample(
         keep = keep & q_filter(q, batch.actions, batch.masks)
     j_e, margin_argmax = margin_loss_and_argmax(q, batch.actions, cfg.margin, batch.masks, keep)
     per_sample = j_dq + cfg.lambda_n * j_n + margin_weight * j_e
-    return _PerSample(q_taken, j_dq, j_n, j_e, keep, margin_argmax, per_sample)
+    return {
+        "q_taken": q_taken,
+        "j_dq": j_dq,
+        "j_n": j_n,
+        "j_e": j_e,
+        "keep": keep,
+        "margin_argmax": margin_argmax,
+        "per_sample": per_sample,
+    }
 
 
 def q_gradient_of(terms: DataTerms, batch: Batch, cfg: DQfDConfig, margin_weight: float) -> torch.Tensor:
@@ -145,7 +144,7 @@ def hand_written_gradient(
         target_1, target_n = _bootstrap_targets(q_all[size:], target, batch, size, cfg)
         values = _per_sample(q, batch, target_1, target_n, cfg, margin_weight, use_q_filter)
         terms = DataTerms(
-            q=q, target_1=target_1, target_n=target_n, inputs=activations, grad_q=None, **values._asdict()
+            q=q, target_1=target_1, target_n=target_n, inputs=activations, grad_q=None, **values
         )
         grad_q = q_gradient_of(terms, batch, cfg, margin_weight)
         online.backward_q(activations, grad_q)
@@ -174,13 +173,12 @@ def autograd_gradient(
     with torch.enable_grad():
         q = online(batch.states)
         values = _per_sample(q, batch, target_1, target_n, cfg, margin_weight, use_q_filter)
-        (batch.weights * values.per_sample).sum().div(size).backward()
-    detached = _PerSample(*(v.detach() for v in values))
+        (batch.weights * values["per_sample"]).sum().div(size).backward()
     return DataTerms(
         q=q.detach(),
         target_1=target_1,
         target_n=target_n,
         inputs=[batch.states],
         grad_q=None,
-        **detached._asdict(),
+        **{name: value.detach() for name, value in values.items()},
     )

@@ -23,6 +23,7 @@ serves on their first day to the same users).
 
     nice -n 10 .venv/bin/python benchmarks/churn.py              # full run (3 seeds)
     .venv/bin/python benchmarks/churn.py --quick                 # CI smoke test, < 60 s on one core
+    nice -n 10 .venv/bin/python benchmarks/churn.py --service-agent --stem churn_service_agent  # service's
     .venv/bin/python benchmarks/churn.py --rerender benchmarks/results/churn.json
 """
 
@@ -90,6 +91,12 @@ class Settings:
     """The "from the first session" measure: mean return over day 1's first this many sessions."""
     train_every: int = 8
     """One gradient update per this many online environment steps (offline_to_online.py's)."""
+    updates_per_step: int = 1
+    """Gradient updates each time ``train_every`` steps have passed (``--service-agent``: the service's
+    ``DQFD_UPDATES_PER_TRANSITION``, with ``train_every`` 1)."""
+    service_agent: bool = False
+    """``--service-agent``: both DQfD arms built as the service builds them with default settings
+    (:func:`service_agent_configs`); the agent fields below are then the service's, for the report."""
     parallel_envs: int = 16
     """Sessions stepped in lockstep (batched acting); transitions are stored session by session."""
     hidden_sizes: tuple[int, ...] = (128, 128)
@@ -151,9 +158,51 @@ def widen(masks: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def service_agent_configs(n_items: int) -> tuple[Any, Any, int]:
+    """What the service builds with default settings (``Settings(_env_file=None)``): the DQfDConfig of
+    both networks (service.learning.agents.agent_config), the feature network's ItemNetworkConfig for a
+    catalogue of ``n_items`` (service.learning.item_agents.network_config: the loss-items rule) and the
+    updates per online transition (service/learning/online.py)."""
+    from service.learning import agents, item_agents
+    from service.settings import Settings as ServiceSettings
+
+    settings = ServiceSettings(_env_file=None)
+    return (
+        agents.agent_config(settings),
+        item_agents.network_config(settings, n_items),
+        settings.updates_per_transition,
+    )
+
+
+def use_service_agent(s: Settings) -> None:
+    """Put ``s`` on the service's agent (``--service-agent``): its pretraining budget, ε, update rate, and
+    (for the report) its DQfDConfig and item network fields; the budgets of the run stay as given."""
+    from service.settings import Settings as ServiceSettings
+
+    config, network, updates = service_agent_configs(SimulatorConfig().n_items)
+    s.service_agent = True
+    s.pretrain_steps = ServiceSettings(_env_file=None).pretrain_steps
+    s.train_every, s.updates_per_step = 1, updates
+    s.hidden_sizes, s.batch_size, s.learning_rate = (
+        tuple(config.hidden_sizes),
+        config.batch_size,
+        config.learning_rate,
+    )
+    s.gamma, s.n_step, s.epsilon = config.gamma, config.n_step, config.epsilon
+    s.target_update_period = config.target_update_period
+    s.embedding_dim, s.item_hidden, s.cross_hidden = (
+        network.embedding_dim,
+        network.item_hidden,
+        network.cross_hidden,
+    )
+    s.loss_items, s.hard_items = network.loss_items or 0, network.hard_items
+
+
 def _agent_config(s: Settings, total_updates: int) -> Any:
     from agent import DQfDConfig
 
+    if s.service_agent:
+        return service_agent_configs(0)[0]
     return DQfDConfig(
         gamma=s.gamma,
         n_step=s.n_step,
@@ -231,7 +280,8 @@ class LearnerActor(Actor):
         """One update per ``train_every`` environment steps once a batch of own transitions exists."""
         self.since_update += 1
         while self.since_update >= self.s.train_every and self.agent.n_observed >= self.s.batch_size:
-            self.agent.train_step()
+            for _ in range(self.s.updates_per_step):
+                self.agent.train_step()
             self.since_update -= self.s.train_every
 
 
@@ -319,13 +369,17 @@ class FeatureActor(LearnerActor):
         self.schedule = schedule
         n0 = schedule.n_items_on(0)
         table = ItemTable(7, item_features(schedule, 0, n0))
-        network = ItemNetworkConfig(
-            embedding_dim=s.embedding_dim,
-            state_hidden=tuple(s.hidden_sizes),
-            item_hidden=tuple(s.item_hidden),
-            cross_hidden=tuple(s.cross_hidden),
-            loss_items=s.loss_items or None,
-            hard_items=min(s.hard_items, s.loss_items - 1) if s.loss_items else s.hard_items,
+        network = (
+            service_agent_configs(n0)[1]
+            if s.service_agent
+            else ItemNetworkConfig(
+                embedding_dim=s.embedding_dim,
+                state_hidden=tuple(s.hidden_sizes),
+                item_hidden=tuple(s.item_hidden),
+                cross_hidden=tuple(s.cross_hidden),
+                loss_items=s.loss_items or None,
+                hard_items=min(s.hard_items, s.loss_items - 1) if s.loss_items else s.hard_items,
+            )
         )
         total = s.pretrain_steps + s.days * s.sessions_per_day * 2
         self.agent = ItemDQfDAgent(
@@ -345,6 +399,10 @@ class FeatureActor(LearnerActor):
         n = self.schedule.n_items_on(day)
         if n > len(self.agent.items):
             self.agent.add_items(item_features(self.schedule, len(self.agent.items), n))
+            if self.s.service_agent:  # as the service's follow_catalogue: the loss rule for the new size
+                from service.learning.item_agents import apply_loss_rule
+
+                apply_loss_rule(self.agent)
         self.live = np.flatnonzero(self.schedule.live(day))
 
     def act(self, rows: list[int], states: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -600,6 +658,12 @@ def target_lines(summary: dict[str, Any], s: Settings) -> list[str]:
     return lines
 
 
+def _update_rate(s: Settings) -> str:
+    """The online update rate in words ("one update per 8 steps")."""
+    updates = "one update" if s.updates_per_step == 1 else f"{s.updates_per_step} updates"
+    return f"{updates} per {'step' if s.train_every == 1 else f'{s.train_every} steps'}"
+
+
 def _fmt(mc: list[float]) -> str:
     m, c = mc
     return f"{m:.2f} ± {c:.2f}" if np.isfinite(c) else f"{m:.2f}"
@@ -647,9 +711,21 @@ def write_report(
         f'arrivals and retirement probability {s.retire_prob:g} per day (docs/simulator.md, "Catalogue '
         f'churn"). Both DQfDs pretrained on {s.demo_sessions} expert-logged sessions of day 0 '
         f"({s.pretrain_steps} updates); the fixed head retrained every night ({s.retrain_steps} pretraining "
-        f"+ {s.replay_updates} replay updates); online: one update per {s.train_every} steps, ε = "
+        f"+ {s.replay_updates} replay updates); online: {_update_rate(s)}, ε = "
         f"{s.epsilon:g}. Numbers are the online sessions themselves (what users got), mean ± 95% interval "
-        "over seeds (Student t).",
+        "over seeds (Student t)."
+        + (
+            " Agents (`--service-agent`): both DQfD arms built as the service builds them with default "
+            "settings: DQfDConfig = service.learning.agents.agent_config(Settings(_env_file=None)), the "
+            "feature network = service.learning.item_agents.network_config for the catalogue's size (its "
+            "loss-items rule re-applied after each add_items, as follow_catalogue does), "
+            "DQFD_UPDATES_PER_TRANSITION updates per online transition; the values are in Settings below. "
+            "Still this benchmark's, not the service's: the item features enter unscaled (the service "
+            "z-scores them with a FeatureSpec fitted on the training catalogue, "
+            "service/ingest/item_features.py), and the nightly retrain budget above."
+            if s.service_agent
+            else ""
+        ),
         "",
         "## Targets",
         "",
@@ -788,6 +864,12 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--stem", default=None, help="output file stem (default churn, or churn_quick)")
     p.add_argument("--rerender", type=Path, help="rebuild the report from a saved results JSON")
+    p.add_argument(
+        "--service-agent",
+        action="store_true",
+        help="both DQfD arms as the service builds them with default settings (the agent fields and "
+        "--pretrain-steps are then the service's; budgets stay as given)",
+    )
     a = p.parse_args(argv)
     s = quick_settings() if a.quick else Settings()
     for f in fields(Settings):
@@ -796,6 +878,8 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
             setattr(s, f.name, value)
     if a.arms:
         s.arms = tuple(x for x in ARMS if x in a.arms)
+    if a.service_agent:
+        use_service_agent(s)
     return s, a
 
 

@@ -205,12 +205,11 @@ class JobRunner:
             "live_transitions": filled.live,
         }
         checkpoint = agents.agent_to_bytes(agent)  # outside the lock: the online loop may wait on it
-        if activate and job.kind == "retrain" and promotion.enabled(self.settings):
-            return self._gated_commit(job, agent, checkpoint, state_dim, catalogue, metrics, filled, hand_off)
 
-        def commit() -> TrainedAgent:
+        def save(active: bool, finish: bool = True) -> int:
+            # In a transaction of its own, with the retention rule of DQFD_KEEP_VERSIONS.
             with session_scope(self.sessions) as session:
-                version = publishing.save_job_version(
+                return publishing.save_job_version(
                     session,
                     job,
                     agent,
@@ -218,9 +217,18 @@ class JobRunner:
                     state_dim,
                     catalogue,
                     metrics,
-                    activate,
+                    active,
+                    finish=finish,
                     keep_versions=self.settings.keep_versions,
                 )
+
+        if activate and job.kind == "retrain" and promotion.enabled(self.settings):
+            # The promotion gate judges the version stored inactive, the job not yet finished.
+            version = save(False, finish=False)
+            return self._gated_commit(job, agent, version, checkpoint, catalogue, filled, hand_off)
+
+        def commit() -> TrainedAgent:
+            version = save(activate)
             return TrainedAgent(agent, catalogue, version, activate, filled)
 
         return self.handoff.deliver(commit, hand_over=hand_off)
@@ -229,28 +237,14 @@ class JobRunner:
         self,
         job: TrainingJob,
         agent: Any,
+        version: int,
         checkpoint: bytes,
-        state_dim: int,
         catalogue: Any,
-        metrics: dict[str, Any],
         filled: Any,
         hand_off: bool,
     ) -> TrainedAgent:
-        """With the promotion gate on: store the retrained version inactive, judge it against the active
-        one, and activate it (handing its agent over) only when it passed."""
-        with session_scope(self.sessions) as session:
-            version = publishing.save_job_version(
-                session,
-                job,
-                agent,
-                checkpoint,
-                state_dim,
-                catalogue,
-                metrics,
-                False,
-                finish=False,
-                keep_versions=self.settings.keep_versions,
-            )
+        """With the promotion gate on: judge the retrained ``version`` (stored inactive) against the
+        active one, and activate it (handing its agent over) only when it passed."""
         with session_scope(self.sessions) as session:
             verdict = promotion.judge(session, self.settings, version, checkpoint)
 

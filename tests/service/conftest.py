@@ -25,7 +25,7 @@ from service.ingest.importer import import_logs
 from service.ingest.synthetic import generate_logs, make_items
 from service.learning.trainer import Trainer
 from service.settings import Settings
-from service.store import migrate
+from service.store import migrate, registry
 from service.store.db import make_engine, make_session_factory, session_scope
 from service.store.features import encode_state
 from service.store.models import Base, Decision, utcnow
@@ -161,6 +161,79 @@ def pretrain_model(settings: Settings, steps: int = 30, activate: bool = True) -
         engine.dispose()
 
 
+def save_version_in(
+    session: Any,
+    checkpoint: bytes,
+    *,
+    n_actions: int = N_ITEMS,
+    source: str = "manual",
+    activate: bool = False,
+) -> int:
+    """A model version with these checkpoint bytes written straight into ``model_versions`` in
+    ``session`` (no training, empty config and metrics); returns its number."""
+    return registry.save_version(
+        session,
+        checkpoint=checkpoint,
+        state_dim=STATE_DIM,
+        n_actions=n_actions,
+        config={},
+        metrics={},
+        source=source,
+        n_updates=0,
+        activate=activate,
+    ).version
+
+
+def save_version(
+    settings: Settings, checkpoint: bytes, *, n_actions: int = N_ITEMS, activate: bool = False
+) -> int:
+    """``save_version_in`` in its own session on the database of ``settings``; returns the version."""
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            return save_version_in(session, checkpoint, n_actions=n_actions, activate=activate)
+    finally:
+        engine.dispose()
+
+
+def active_version(settings: Settings) -> int | None:
+    """The number of the active model version in the database of ``settings`` (None: none is)."""
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return registry.active_version_number(session)
+    finally:
+        engine.dispose()
+
+
+def decision_row(
+    event: str,
+    *,
+    state: list[float] = STATE,
+    created_at: datetime | None = None,
+    built: bool = False,
+    **columns: Any,
+) -> dict[str, Any]:
+    """One ``decisions`` row of ``state`` (item 0, logged by version 1) for a direct insert;
+    ``columns`` adds or overrides columns."""
+    return {
+        "event_id": event,
+        "session_id": None,
+        "step": 0,
+        "state": encode_state(state),
+        "ranking": [],
+        "item_id": "item-0",
+        "action_index": 0,
+        "propensity": 1.0,
+        "explored": False,
+        "model_version": 1,
+        "policy_revision": 0,
+        "created_at": created_at or utcnow(),
+        "transition_built": built,
+        **columns,
+    }
+
+
 def insert_decisions(
     engine: Engine,
     n: int,
@@ -175,24 +248,7 @@ def insert_decisions(
     with engine.begin() as conn:
         conn.execute(
             insert(Decision),
-            [
-                {
-                    "event_id": event,
-                    "session_id": None,
-                    "step": 0,
-                    "state": encode_state(state),
-                    "ranking": [],
-                    "item_id": "item-0",
-                    "action_index": 0,
-                    "propensity": 1.0,
-                    "explored": False,
-                    "model_version": 1,
-                    "policy_revision": 0,
-                    "created_at": created_at or utcnow(),
-                    "transition_built": built,
-                }
-                for event in events
-            ],
+            [decision_row(event, state=state, created_at=created_at, built=built) for event in events],
         )
     return events
 

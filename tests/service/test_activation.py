@@ -12,34 +12,21 @@ from sqlalchemy import update
 from service.api.app import create_app
 from service.learning import agents
 from service.settings import Settings
-from service.store import registry
-from service.store.db import make_engine, make_session_factory, session_scope
+from service.store.db import make_engine
 from service.store.models import ModelVersion
-from tests.service.conftest import N_ITEMS, STATE, STATE_DIM, admin_headers, wait_for
+from tests.service.conftest import (
+    N_ITEMS,
+    STATE,
+    STATE_DIM,
+    active_version,
+    admin_headers,
+    save_version,
+    wait_for,
+)
 
 RETRAIN = (
     'retrain on the imported logs (python -m service pretrain, or POST /admin/retrain {"activate": true})'
 )
-
-
-def _save(settings: Settings, checkpoint: bytes, *, n_actions: int = N_ITEMS, activate: bool = False) -> int:
-    """A model version with these checkpoint bytes, written straight into ``model_versions``."""
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            return registry.save_version(
-                session,
-                checkpoint=checkpoint,
-                state_dim=STATE_DIM,
-                n_actions=n_actions,
-                config={},
-                metrics={},
-                source="manual",
-                n_updates=0,
-                activate=activate,
-            ).version
-    finally:
-        engine.dispose()
 
 
 def _agent_bytes(settings: Settings, n_actions: int = N_ITEMS, nan: bool = False) -> bytes:
@@ -60,25 +47,16 @@ def _mark_active(settings: Settings, version: int) -> None:
         engine.dispose()
 
 
-def _active(settings: Settings) -> int | None:
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            return registry.active_version_number(session)
-    finally:
-        engine.dispose()
-
-
 def _act(client: TestClient) -> Any:
     return client.post("/act", json={"state": STATE})
 
 
 def test_activation_refuses_a_version_that_cannot_serve(seeded: Settings) -> None:
     settings = seeded.model_copy(update={"role": "api"})
-    good = _save(settings, _agent_bytes(settings), activate=True)
-    corrupt = _save(settings, b"not a checkpoint")
-    wide = _save(settings, _agent_bytes(settings, n_actions=N_ITEMS + 2), n_actions=N_ITEMS + 2)
-    nan = _save(settings, _agent_bytes(settings, nan=True))
+    good = save_version(settings, _agent_bytes(settings), activate=True)
+    corrupt = save_version(settings, b"not a checkpoint")
+    wide = save_version(settings, _agent_bytes(settings, n_actions=N_ITEMS + 2), n_actions=N_ITEMS + 2)
+    nan = save_version(settings, _agent_bytes(settings, nan=True))
     expected = {
         corrupt: f"model version {corrupt}'s checkpoint cannot be loaded (",
         wide: f"model version {wide} has {N_ITEMS + 2} actions but the catalogue has {N_ITEMS} items",
@@ -95,24 +73,24 @@ def test_activation_refuses_a_version_that_cannot_serve(seeded: Settings) -> Non
             [detail] = response.json()["detail"]
             assert detail["type"] == "ModelInvalidError"
             assert detail["msg"].startswith(reason) and "\n" not in detail["msg"]
-            assert _active(settings) == good  # the database's active version did not change
+            assert active_version(settings) == good  # the database's active version did not change
             served = _act(client)
             assert served.status_code == 200 and served.json()["model_version"] == good
         # A valid version still activates, and this replica serves it at once.
-        newer = _save(settings, _agent_bytes(settings))
+        newer = save_version(settings, _agent_bytes(settings))
         response = client.post(f"/admin/models/{newer}/activate", headers=admin_headers())
         assert response.status_code == 200 and response.json()["is_active"] is True
-        assert _active(settings) == newer
+        assert active_version(settings) == newer
         assert _act(client).json()["model_version"] == newer
         assert client.get("/readyz").json() == {"status": "ready", "model_version": newer, "problems": []}
 
 
 def test_a_restart_serves_the_newest_valid_version(seeded: Settings) -> None:
     settings = seeded.model_copy(update={"role": "api"})
-    _save(settings, _agent_bytes(settings))
-    valid = _save(settings, _agent_bytes(settings))
-    _save(settings, b"garbage")  # newer than the valid one, not active, never served
-    bad = _save(settings, _agent_bytes(settings, nan=True))
+    save_version(settings, _agent_bytes(settings))
+    valid = save_version(settings, _agent_bytes(settings))
+    save_version(settings, b"garbage")  # newer than the valid one, not active, never served
+    bad = save_version(settings, _agent_bytes(settings, nan=True))
     _mark_active(settings, bad)
     with TestClient(create_app(settings)) as client:
         served = _act(client)
@@ -134,7 +112,7 @@ def test_a_restart_serves_the_newest_valid_version(seeded: Settings) -> None:
         poller.refresh()
         poller.refresh()
         assert set(poller.rejected) == {bad, bad - 1}
-        assert _active(settings) == bad
+        assert active_version(settings) == bad
         assert _act(client).json()["model_version"] == valid
         # Activating a valid version ends the fallback.
         assert client.post(f"/admin/models/{valid}/activate", headers=admin_headers()).status_code == 200
@@ -143,8 +121,8 @@ def test_a_restart_serves_the_newest_valid_version(seeded: Settings) -> None:
 
 def test_with_no_valid_version_act_says_what_to_fix(seeded: Settings) -> None:
     settings = seeded.model_copy(update={"role": "api"})
-    corrupt = _save(settings, b"garbage")
-    nan = _save(settings, _agent_bytes(settings, nan=True), activate=True)
+    corrupt = save_version(settings, b"garbage")
+    nan = save_version(settings, _agent_bytes(settings, nan=True), activate=True)
     with TestClient(create_app(settings)) as client:
         response = _act(client)
         assert response.status_code == 503
@@ -167,7 +145,7 @@ def test_the_trainer_does_not_adopt_a_version_with_nan_weights(trained: Settings
     with TestClient(create_app(trained)) as client:
         trainer = client.app.state.service.trainer
         wait_for(lambda: trainer.base_version == 1)  # the trainer has adopted the model it starts from
-        nan = _save(trained, _agent_bytes(trained, nan=True))
+        nan = save_version(trained, _agent_bytes(trained, nan=True))
         _mark_active(trained, nan)  # behind the API's back: activation would refuse it
         wait_for(lambda: trainer._failed_version == nan)
         assert trainer.base_version == 1  # it keeps learning from the model it has

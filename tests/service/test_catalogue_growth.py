@@ -14,9 +14,17 @@ from service.ingest.importer import import_logs
 from service.ingest.synthetic import generate_logs, make_items
 from service.learning import agents
 from service.settings import Settings
-from service.store import registry
 from service.store.db import make_engine, make_session_factory, session_scope
-from tests.service.conftest import N_ITEMS, STATE, STATE_DIM, admin_headers, pretrain_model, wait_for
+from tests.service.conftest import (
+    N_ITEMS,
+    STATE,
+    STATE_DIM,
+    active_version,
+    admin_headers,
+    pretrain_model,
+    save_version,
+    wait_for,
+)
 
 N_NEW = 3
 OLD = [f"item-{i}" for i in range(N_ITEMS)]
@@ -52,31 +60,7 @@ def _deactivate(settings: Settings, item_ids: list[str]) -> None:
 def _save(settings: Settings, n_actions: int, activate: bool = False) -> int:
     """A fresh (untrained, seeded) fixed-head version of ``n_actions`` outputs."""
     checkpoint = agents.agent_to_bytes(agents.new_agent(settings, n_actions, STATE_DIM))
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            return registry.save_version(
-                session,
-                checkpoint=checkpoint,
-                state_dim=STATE_DIM,
-                n_actions=n_actions,
-                config={},
-                metrics={},
-                source="manual",
-                n_updates=0,
-                activate=activate,
-            ).version
-    finally:
-        engine.dispose()
-
-
-def _active(settings: Settings) -> int | None:
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            return registry.active_version_number(session)
-    finally:
-        engine.dispose()
+    return save_version(settings, checkpoint, n_actions=n_actions, activate=activate)
 
 
 def _act(client: TestClient, **body: Any) -> Any:
@@ -157,7 +141,7 @@ def test_rollback_to_a_version_of_the_smaller_catalogue_serves_it(seeded: Settin
         assert _act(a).json()["model_version"] == 2
         response = a.post("/admin/models/1/activate", headers=admin_headers())
         assert response.status_code == 200 and response.json()["is_active"] is True
-        assert _active(seeded) == 1
+        assert active_version(seeded) == 1
         assert _act(a).json()["model_version"] == 1  # this replica at once
         wait_for(lambda: _act(b).json()["model_version"] == 1)  # the other within a poll
         # The trainer follows the rollback (and so never publishes the newer weights over it).
@@ -198,7 +182,7 @@ def test_a_refused_rollback_says_why_and_changes_nothing(seeded: Settings) -> No
                 "loc": ["path", "version"],
                 "field": "version",
             }
-            assert _active(settings) == current  # the database did not change
+            assert active_version(settings) == current  # the database did not change
             served = _act(client)
             assert served.status_code == 200 and served.json()["model_version"] == current
             assert set(_ranked(client, k=N_NEW)) == set(NEW)

@@ -44,7 +44,15 @@ from service.store.db import make_engine, make_session_factory, session_scope
 from service.store.evaluations import latest_promotion_decisions as evaluations_by_version
 from service.store.features import encode_state
 from service.store.models import Decision, Feedback, LoggedInteraction, ModelActivation, utcnow
-from tests.service.conftest import N_ITEMS, STATE, STATE_DIM, admin_headers, seed_database, wait_for
+from tests.service.conftest import (
+    N_ITEMS,
+    STATE,
+    STATE_DIM,
+    admin_headers,
+    save_version_in,
+    seed_database,
+    wait_for,
+)
 
 INCUMBENT = (1.0, 0.0, 0.0, 0.0, 0.0)  # advantages: item 0 is greedy
 CANDIDATE = (0.0, 1.0, 0.0, 0.0, 0.0)  # item 1 is greedy
@@ -77,17 +85,7 @@ def _setup(settings: Settings, with_candidate: bool = True) -> tuple[int, int | 
 
             def save(advantages: tuple[float, ...], activate: bool) -> int:
                 checkpoint = agents.agent_to_bytes(_fixed(settings, advantages))
-                return registry.save_version(
-                    session,
-                    checkpoint=checkpoint,
-                    state_dim=STATE_DIM,
-                    n_actions=N_ITEMS,
-                    config={},
-                    metrics={},
-                    source="manual",
-                    n_updates=0,
-                    activate=activate,
-                ).version
+                return save_version_in(session, checkpoint, activate=activate)
 
             incumbent = save(INCUMBENT, True)
             candidate = save(CANDIDATE, False) if with_candidate else None

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from agent.item_dqfd import ItemDQfDAgent
 from agent.set_losses import AllowedSet
 from service.api.app import create_app
-from service.ingest.catalogue import import_items, load_catalogue
+from service.ingest.catalogue import Catalogue, import_items, load_catalogue
 from service.ingest.importer import import_logs
 from service.ingest.item_features import feature_matrix, fit_feature_spec
 from service.ingest.synthetic import generate_logs
@@ -89,6 +89,16 @@ def _checkpoint(settings: Settings, version: int) -> dict[str, Any]:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
+def _stored(settings: Settings, version: int) -> tuple[bytes, Catalogue]:
+    """The checkpoint bytes of ``version`` and the catalogue with its attributes, to rebuild it from."""
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return registry.load_checkpoint(session, version), load_catalogue(session, attributes=True)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def featured(settings: Settings) -> Settings:
     """A catalogue with item features, demonstrations, and an active pretrained version 1."""
@@ -108,13 +118,7 @@ def test_a_catalogue_with_features_pretrains_a_feature_version(featured: Setting
     assert checkpoint["network_config"]["loss_items"] is None  # 5 items: the exact maxima
     assert checkpoint["counters"]["n_pretrain_updates"] == 30
     assert checkpoint["n_items"] == N_ITEMS
-    engine = make_engine(featured.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            blob = registry.load_checkpoint(session, 1)
-            catalogue = load_catalogue(session, attributes=True)
-    finally:
-        engine.dispose()
+    blob, catalogue = _stored(featured, 1)
     agent = agents.agent_from_bytes(blob, catalogue)
     assert isinstance(agent, ItemDQfDAgent) and agents.n_items(agent) == N_ITEMS
     np.testing.assert_array_equal(agent.items.features.numpy(), feature_matrix(spec, attributes))
@@ -318,13 +322,7 @@ def test_a_learned_item_embedding_grows_with_the_catalogue(settings: Settings) -
     assert checkpoint["network_config"]["item_embedding_dim"] == 4
     assert tuple(checkpoint["online"]["item_embedding.weight"].shape) == (N_ITEMS, 4)
     _grow(settings)
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            blob = registry.load_checkpoint(session, 1)
-            catalogue = load_catalogue(session, attributes=True)
-    finally:
-        engine.dispose()
+    blob, catalogue = _stored(settings, 1)
     agent = agents.agent_from_bytes(blob, catalogue)
     weight = agent.online.item_embedding.weight.detach()
     assert tuple(weight.shape) == (N_ITEMS + N_NEW, 4)

@@ -16,6 +16,7 @@ from service.store import migrate
 from service.store.db import make_engine
 from service.store.features import MASK_ALLOWED, MASK_EXCLUDED, decode_allowed, decode_mask, encode_state
 from service.store.models import Decision, LiveTransition, utcnow
+from tests.service.conftest import decision_row
 
 BATCH_ROWS = 1000  # migrations/versions/0007_compact_masks.py: more rows than one page are inserted
 
@@ -79,22 +80,7 @@ def test_old_masks_become_compact_and_come_back(at_0006: str) -> None:
             conn.execute(
                 insert(Decision),
                 [
-                    {
-                        "event_id": event,
-                        "session_id": None,
-                        "step": 0,
-                        "state": encode_state([0.0] * 4),
-                        "allowed_mask": blob,
-                        "ranking": [],
-                        "item_id": "item-0",
-                        "action_index": 0,
-                        "propensity": 1.0,
-                        "explored": False,
-                        "model_version": 1,
-                        "policy_revision": 0,
-                        "created_at": utcnow(),
-                        "transition_built": True,
-                    }
+                    decision_row(event, state=[0.0] * 4, built=True, allowed_mask=blob)
                     for event, blob in zip(events, old, strict=True)
                 ],
             )

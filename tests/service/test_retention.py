@@ -18,21 +18,7 @@ from service.store import registry, retention
 from service.store.db import make_engine, make_session_factory, session_scope
 from service.store.models import ModelActivation, ModelVersion
 from service.store.modes import set_shadow_version
-from tests.service.conftest import N_ITEMS, STATE, STATE_DIM, admin_headers, wait_for
-
-
-def _version(session: Any, checkpoint: bytes, source: str, activate: bool) -> int:
-    return registry.save_version(
-        session,
-        checkpoint=checkpoint,
-        state_dim=STATE_DIM,
-        n_actions=N_ITEMS,
-        config={},
-        metrics={},
-        source=source,
-        n_updates=0,
-        activate=activate,
-    ).version
+from tests.service.conftest import N_ITEMS, STATE, STATE_DIM, admin_headers, save_version_in, wait_for
 
 
 def _stored(session: Any) -> dict[int, int]:
@@ -47,13 +33,15 @@ def test_the_rule_keeps_exactly_the_right_versions(seeded: Settings) -> None:
     try:
         sessions = make_session_factory(engine)
         with session_scope(sessions) as session:
-            assert _version(session, checkpoint, "pretrain", True) == 1  # a job's activation: kept
+            # a job's activation: kept
+            assert save_version_in(session, checkpoint, source="pretrain", activate=True) == 1
             for _ in range(2, 7):  # online saves 2..6, each activated on save
-                _version(session, checkpoint, "online", True)
+                save_version_in(session, checkpoint, source="online", activate=True)
             registry.activate_version(session, 3, reason="manual")  # a rollback to 3: kept
             set_shadow_version(session, 2)  # scored beside the served one: kept
-            assert _version(session, checkpoint, "online", False) == 7  # held by the promotion gate
-            assert _version(session, checkpoint, "online", True) == 8  # active
+            # held by the promotion gate
+            assert save_version_in(session, checkpoint, source="online", activate=False) == 7
+            assert save_version_in(session, checkpoint, source="online", activate=True) == 8  # active
             activations = session.scalar(select(func.count()).select_from(ModelActivation))
         with session_scope(sessions) as session:
             # keep_last 2: the newest two are 7 and 8; 8 is active; 1 and 3 were activated by hand or by
