@@ -172,11 +172,10 @@ class JobRunner:
         steps = int(params.get("steps", self.settings.pretrain_steps))
         activate = bool(params.get("activate", job.kind == "pretrain"))
         with self.sessions() as session:
-            catalogue = load_catalogue(session)
+            # The attributes hold the feature network's item features (read once, only when it may be built).
+            catalogue = load_catalogue(session, attributes=self.settings.network != "fixed")
             if catalogue.n_actions == 0:
                 raise RuntimeError("the catalogue is empty: import items first")
-            if self.settings.network != "fixed":  # the feature network when the attributes hold features
-                catalogue = load_catalogue(session, attributes=True)
             # DQFD_STATE_DIM or the logs' width; a disagreement is a one-line StateWidthMismatchError.
             state_dim = shape.resolve_state_dim(self.settings, session)
         agent = agents.new_agent(self.settings, catalogue.n_actions, state_dim, catalogue=catalogue)

@@ -202,7 +202,10 @@ def test_a_job_on_an_empty_catalogue_fails_without_touching_the_agent(
     trainer.step()  # adopts version 1
     old_agent = trainer.agent
     job_id = _queue(sessions, steps=10)
-    monkeypatch.setattr("service.learning.job_runner.load_catalogue", lambda session: Catalogue.build([], []))
+    monkeypatch.setattr(
+        "service.learning.job_runner.load_catalogue",
+        lambda session, attributes=False: Catalogue.build([], []),
+    )
     _feedback(sessions, 2, seed=5)
     trainer.step()  # the job fails; online learning in the same step is unaffected
     job = _job(sessions, job_id)
