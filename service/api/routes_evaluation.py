@@ -14,7 +14,7 @@ from service.api.deps import SessionDep, require_admin
 from service.api.openapi import ADMIN, BODY, error
 from service.api.schemas import JobOut, ModelOut
 from service.api.schemas_evaluation import EvaluateRequest, EvaluationOut, PromotionOut
-from service.errors import NotFoundError
+from service.errors import ModelInvalidError, NotFoundError
 from service.learning.evaluation_job import KIND
 from service.store import evaluations, jobs, registry, retention
 from service.store.models import ModelEvaluation, ModelVersion
@@ -43,7 +43,11 @@ def models_out(session: Session, rows: list[ModelVersion]) -> list[ModelOut]:
     "/evaluate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={**BODY, 404: error("no such model version (version or baseline)")},
+    responses={
+        **BODY,
+        404: error("no such model version (version or baseline)"),
+        409: error("the version or baseline was pruned by the checkpoint retention rule"),
+    },
 )
 def evaluate(body: EvaluateRequest, session: SessionDep) -> Any:
     """Queue an off-policy evaluation of a stored version on the logged decisions in ``[since, until)``.
@@ -56,6 +60,15 @@ def evaluate(body: EvaluateRequest, session: SessionDep) -> Any:
     registry.get_version(session, body.version)
     if body.baseline is not None and session.get(ModelVersion, body.baseline) is None:
         raise NotFoundError(f"model version {body.baseline} does not exist", field="baseline")
+    # A pruned checkpoint cannot be scored: say so now rather than in a failed job. Once queued, the job's
+    # versions are kept until it ends (retention.versions_awaited_by_jobs).
+    for field, version in (("version", body.version), ("baseline", body.baseline)):
+        if version is not None and retention.pruned_versions(session, [version]):
+            raise ModelInvalidError(
+                f"model version {version} was pruned by the checkpoint retention rule (DQFD_KEEP_VERSIONS): "
+                "it cannot be evaluated",
+                field=field,
+            )
     params = {
         "version": body.version,
         "since": body.since.isoformat() if body.since else None,

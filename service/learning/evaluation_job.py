@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.learning.promotion import store_evaluation
 from service.serving.policy_store import decode_checkpoint
 from service.settings import Settings
-from service.store import evaluations, registry
+from service.store import evaluations, registry, retention
 from service.store.db import session_scope
 from service.store.models import TrainingJob, utcnow
 
-KIND = "evaluate"
+KIND = retention.EVALUATE_JOB_KIND
+"""Its jobs' versions keep their checkpoints until the job ends (:mod:`service.store.retention`)."""
 PROGRESS_EVERY_S = 0.5
 
 

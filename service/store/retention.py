@@ -11,7 +11,10 @@ Online learning saves a version every ``DQFD_SAVE_EVERY_UPDATES`` updates, each 
   version, one activated by hand (rollbacks) or by the backfill of migration 0004. An online save is
   activated on save (with the promotion gate off, the default): counting that activation would keep every
   online save and prune nothing;
-- the shadow version (apprentice and shadow modes score it on every request).
+- the shadow version (apprentice and shadow modes score it on every request);
+- every version a queued or running ``evaluate`` job names (its ``version`` and ``baseline``): the job
+  reads the checkpoint when it runs, after the jobs queued before it, and would otherwise fail on a
+  version pruned while it waited.
 
 A pruned version keeps its row (activations, evaluations, promotion verdicts and decisions point at it,
 and deleting it would cascade into that history); its checkpoint becomes empty bytes, which no saved
@@ -24,11 +27,28 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.store.models import ModelActivation, ModelVersion
+from service.store.jobs import ACTIVE_STATUSES
+from service.store.models import ModelActivation, ModelVersion, TrainingJob
 from service.store.modes import read_modes
 
 ONLINE_SAVE_REASON = "online"
 """The activation reason of an online save activated on save (``registry.save_version``'s ``source``)."""
+
+EVALUATE_JOB_KIND = "evaluate"
+"""The kind of ``POST /admin/evaluate``'s job (``service.learning.evaluation_job.KIND``, which the store
+layer does not import)."""
+VERSION_PARAMS = ("version", "baseline")
+"""The params of an ``evaluate`` job that name a version whose checkpoint it will read."""
+
+
+def versions_awaited_by_jobs(session: Session) -> set[int]:
+    """The versions named by queued or running ``evaluate`` jobs (a handful of rows: the job queue)."""
+    params = session.scalars(
+        select(TrainingJob.params).where(
+            TrainingJob.kind == EVALUATE_JOB_KIND, TrainingJob.status.in_(ACTIVE_STATUSES)
+        )
+    )
+    return {int(p[key]) for p in params for key in VERSION_PARAMS if (p or {}).get(key) is not None}
 
 
 def kept_versions(session: Session, keep_last: int) -> set[int]:
@@ -45,6 +65,7 @@ def kept_versions(session: Session, keep_last: int) -> set[int]:
     shadow = read_modes(session).shadow_version
     if shadow is not None:
         kept.add(shadow)
+    kept.update(versions_awaited_by_jobs(session))
     return kept
 
 

@@ -14,10 +14,11 @@ from service.api.app import create_app
 from service.errors import ModelInvalidError
 from service.learning import agents
 from service.settings import Settings
-from service.store import registry, retention
+from service.store import jobs, registry, retention
 from service.store.db import make_engine, make_session_factory, session_scope
-from service.store.models import ModelActivation, ModelVersion
+from service.store.models import ModelActivation, ModelVersion, TrainingJob
 from service.store.modes import set_shadow_version
+from service.store.retention import EVALUATE_JOB_KIND as EVALUATE_KIND
 from tests.service.conftest import N_ITEMS, STATE, STATE_DIM, admin_headers, save_version_in, wait_for
 
 
@@ -96,3 +97,48 @@ def test_online_saves_prune_and_a_pruned_version_cannot_be_activated(trained: Se
         models = {m["version"]: m for m in client.get("/admin/models", headers=admin_headers()).json()}
         assert {v for v, m in models.items() if m["pruned"]} == {2, 3, 4}
         assert models[6]["is_active"] and models[6]["parent_version"] == 1
+
+
+def test_versions_a_queued_evaluation_names_keep_their_checkpoints(seeded: Settings) -> None:
+    checkpoint = agents.agent_to_bytes(agents.new_agent(seeded, N_ITEMS, STATE_DIM))
+    engine = make_engine(seeded.database_url)
+    try:
+        sessions = make_session_factory(engine)
+        with session_scope(sessions) as session:
+            for _ in range(5):  # online saves 1..5, each activated on save; 5 active
+                save_version_in(session, checkpoint, source="online", activate=True)
+            waiting = jobs.enqueue_job(session, EVALUATE_KIND, {"version": 2, "baseline": 3})
+            running = jobs.enqueue_job(session, EVALUATE_KIND, {"version": 1, "baseline": None})
+            running.status = "running"
+            done = jobs.enqueue_job(session, EVALUATE_KIND, {"version": 4, "baseline": None})
+            done.status = "succeeded"  # a finished job holds nothing back
+            other = jobs.enqueue_job(session, "retrain", {"version": 4})  # not an evaluation
+            assert other.status == "queued"
+        with session_scope(sessions) as session:
+            assert retention.versions_awaited_by_jobs(session) == {1, 2, 3}
+            # keep_last 1: 5 (newest, active) plus what the two unfinished evaluations read.
+            assert retention.prune_checkpoints(session, 1) == [4]
+            session.get(TrainingJob, waiting.id).status = "failed"
+        with session_scope(sessions) as session:
+            assert retention.prune_checkpoints(session, 1) == [2, 3]  # released when the job ended
+    finally:
+        engine.dispose()
+
+
+def test_evaluating_a_pruned_version_is_a_409_naming_the_field(trained: Settings) -> None:
+    settings = trained.model_copy(update={"keep_versions": 1})
+    with TestClient(create_app(settings)) as client:
+        trainer = client.app.state.service.trainer
+        wait_for(lambda: trainer.base_version == 1)
+        for expected in (2, 3):
+            response = client.post("/admin/save", headers=admin_headers())
+            assert response.status_code == 201 and response.json()["version"] == expected
+        models = {m["version"]: m for m in client.get("/admin/models", headers=admin_headers()).json()}
+        assert {v for v, m in models.items() if m["pruned"]} == {2}  # 1 the pretrain job's, 3 active
+        for body, field in (({"version": 2}, "version"), ({"version": 3, "baseline": 2}, "baseline")):
+            response = client.post("/admin/evaluate", json=body, headers=admin_headers())
+            assert response.status_code == 409, response.text
+            [detail] = response.json()["detail"]
+            assert detail["field"] == field and detail["type"] == "ModelInvalidError"
+            assert detail["msg"].startswith("model version 2 was pruned by the checkpoint retention rule")
+        assert client.post("/admin/evaluate", json={"version": 1}, headers=admin_headers()).status_code == 202
