@@ -62,13 +62,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rerender", type=Path, nargs="+", default=None, help="only rebuild the report from *_raw.json files"
     )
+    p.add_argument(
+        "--notes",
+        type=Path,
+        default=None,
+        help="with --rerender: a Markdown file shown as the report's Notes",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.rerender is not None:
-        report = rerender(args.rerender, args.out, args.name)
+        command = "python benchmarks/paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        notes = args.notes.read_text().strip() if args.notes else ""
+        report = rerender(args.rerender, args.out, args.name, rebuilt_by=command, notes=notes)
         print(report["claims_text"], flush=True)
         return report
     command = "python benchmarks/paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -192,8 +200,12 @@ def render(
     out: Path,
     name: str,
     seconds: float,
+    rebuilt_by: str = "",
+    notes: str = "",
 ) -> dict[str, Any]:
-    """Write ``{name}.md`` (command, table, claims, throughput) and one ``{name}_{task}.png`` per task."""
+    """Write ``{name}.md`` (command, table, claims, throughput) and one ``{name}_{task}.png`` per task.
+    ``rebuilt_by`` is the --rerender command that merged the runs, ``notes`` what a reader needs to know
+    about them (e.g. that they ran on different trees); both are written only when given."""
     runs = raw["runs"] + raw.get("peers", [])
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {t: {} for t in tasks}
     for r in runs:
@@ -207,7 +219,7 @@ def render(
         for t in tasks
     }
     demo_means = {t: demo_stats[t][0] for t in tasks}
-    rows = claims({t: table[t] for t in tasks if {"dqfd", "pdd_dqn"} <= set(table[t])}, demo_means)
+    rows = claims(table, demo_means)  # each DQfD variant on the tasks where it and PDD DQN ran
     claims_text = "\n".join(claim_line(r) for r in rows)
     plots = []
     for t in tasks:
@@ -231,13 +243,20 @@ def render(
         *([raw["command"]] if isinstance(raw["command"], str) else raw["command"]),
         "```",
         "",
-        _machine() + ("" if not np.isfinite(seconds) else f" Wall time {seconds / 60:.1f} min."),
+        *(
+            ["Report rebuilt from their raw results by:", "", "```", rebuilt_by, "```", ""]
+            if rebuilt_by
+            else []
+        ),
+        _machine("Machine that rebuilt the report" if rebuilt_by else "Machine")
+        + ("" if not np.isfinite(seconds) else f" Wall time {seconds / 60:.1f} min."),
         "Means over seeds with 95% percentile-bootstrap intervals (10,000 resamples). Returns after "
         "pretraining and final returns are greedy (ε = 0) evaluations of "
         f"{'/'.join(sorted({str(budgets[t].eval_episodes) for t in tasks}))} episodes from fixed reset "
         "seeds; "
         "the early-window mean averages the training-episode learning curve over the window.",
         "",
+        *(["## Notes", "", notes, ""] if notes else []),
         "## Claims",
         "",
         claims_markdown(rows),
@@ -263,9 +282,9 @@ def render(
     return {"table": table, "claims": rows, "claims_text": claims_text, "markdown": text, "plots": plots}
 
 
-def _machine() -> str:
+def _machine(label: str = "Machine") -> str:
     return (
-        f"Machine: {platform.platform()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{label}: {platform.platform()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
         "one torch thread per process."
     )
 
@@ -275,7 +294,9 @@ def _arm_order(arm: str) -> int:
     return order.index(arm) if arm in order else len(order)
 
 
-def rerender(raw_paths: list[Path], out: Path, name: str) -> dict[str, Any]:
+def rerender(
+    raw_paths: list[Path], out: Path, name: str, rebuilt_by: str = "", notes: str = ""
+) -> dict[str, Any]:
     """Rebuild the report from ``*_raw.json`` files (a run stopped early, or several runs merged)."""
     raw: dict[str, Any] = {"command": [], "runs": [], "peers": [], "throughput": None}
     for path in raw_paths:
@@ -292,7 +313,7 @@ def rerender(raw_paths: list[Path], out: Path, name: str) -> dict[str, Any]:
     tasks = list(dict.fromkeys(r["env_id"] for r in runs))
     budgets = {t: Budget(**next(r["budget"] for r in runs if r["env_id"] == t)) for t in tasks}
     demo_stats = {t: tuple(next(r["demo_stats"] for r in runs if r["env_id"] == t)) for t in tasks}
-    return render(raw, budgets, tasks, demo_stats, out, name, float("nan"))
+    return render(raw, budgets, tasks, demo_stats, out, name, float("nan"), rebuilt_by, notes)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from .stats import bootstrap_ci, claim_line, curve
 
 COLORS = {
     "dqfd": "tab:blue",
+    "q_filter": "tab:cyan",
     "pdd_dqn": "tab:red",
     "imitation": "tab:green",
     "no_margin": "tab:purple",

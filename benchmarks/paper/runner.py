@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agent import DQfDAgent, Episode
+from agent import DQfDAgent, DQfDConfig, Episode
 from agent.networks import DuelingQNetwork
 
 from .demonstrators import DemoEpisode
@@ -76,11 +76,21 @@ def run_imitation(env_id: str, budget: Budget, demos: list[DemoEpisode], seed: i
     }
 
 
-def run_td(arm: str, env_id: str, budget: Budget, demos: list[DemoEpisode], seed: int) -> dict[str, Any]:
-    """DQfD, PDD DQN or an ablation: (pretraining, then) ``budget.env_steps`` online steps, 1 update each."""
+def run_td(
+    arm: str,
+    env_id: str,
+    budget: Budget,
+    demos: list[DemoEpisode],
+    seed: int,
+    config: DQfDConfig | None = None,
+) -> dict[str, Any]:
+    """DQfD, PDD DQN or an ablation: (pretraining, then) ``budget.env_steps`` online steps, 1 update each.
+
+    ``config`` replaces the arm's configuration (:func:`dqfd_config`) whole, for studies that vary it
+    (benchmarks/sensitivity.py); the budget still sets the pretraining updates and online steps."""
     with_demos = uses_demonstrations(arm)
     pretrain = budget.pretrain_updates if with_demos else 0
-    cfg = dqfd_config(arm, pretrain + budget.env_steps)
+    cfg = dqfd_config(arm, pretrain + budget.env_steps) if config is None else config
     env = gym.make(env_id)
     state_dim, n_actions = env.observation_space.shape[0], int(env.action_space.n)
     agent = DQfDAgent(state_dim, n_actions, cfg, seed=seed)

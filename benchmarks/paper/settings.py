@@ -10,12 +10,19 @@ from dataclasses import dataclass, replace
 
 from agent import DQfDConfig
 
-ARMS = ("dqfd", "pdd_dqn", "imitation", "no_margin", "no_nstep")
-"""DQfD; prioritized dueling double DQN with n-step (no demonstrations); supervised imitation; the
-ablations λ2 = 0 (no margin loss J_E) and λ1 = 0 (no n-step loss J_n)."""
+ARMS = ("dqfd", "q_filter", "pdd_dqn", "imitation", "no_margin", "no_nstep")
+"""DQfD as published; DQfD + Q-filter, the service's default (``DQfDConfig(q_filter=True)``: online, J_E
+counts on a demonstration only while Q(s, a_E) >= max_a Q(s, a), [Nair et al. 2018]); prioritized dueling
+double DQN with n-step (no demonstrations); supervised imitation; the ablations λ2 = 0 (no margin loss J_E)
+and λ1 = 0 (no n-step loss J_n)."""
+
+DQFD_VARIANTS = ("dqfd", "q_filter")
+"""The arms whose claims are checked (each against PDD DQN, imitation, the λ2 = 0 ablation and the
+demonstrator): the faithful DQfD and the variant the service runs by default."""
 
 ARM_LABELS = {
     "dqfd": "DQfD",
+    "q_filter": "DQfD + Q-filter (service default)",
     "pdd_dqn": "PDD DQN",
     "imitation": "Imitation",
     "no_margin": "DQfD λ2=0 (no margin)",
@@ -75,6 +82,8 @@ def dqfd_config(arm: str, total_updates: int) -> DQfDConfig:
       of learning"), instead of over 10^6 updates that a run never reaches.
     - ``replay_capacity``: 10^5, above every budget, so like the paper's 10^6 nothing is evicted here; it
       only keeps memory small.
+    The ``q_filter`` arm adds only ``q_filter=True`` (agent/config.py; the service's default), so any
+    difference from ``dqfd`` is the Q-filter's.
     Everything else is the paper's: γ = 0.99, n = 10, λ1 = λ2 = 1, λ3 = 1e-5, margin 0.8, α = 0.4, β0 = 0.6,
     ε_d = 1, ε_a = 0.001, ε-greedy ε = 0.01, dueling double DQN, plus the library's documented choices
     (Adam 1e-4, batch 32, Huber TD, gradient-norm clip 10, 2x256 MLP).
@@ -86,6 +95,8 @@ def dqfd_config(arm: str, total_updates: int) -> DQfDConfig:
     )
     if arm in ("dqfd", "imitation"):
         return base
+    if arm == "q_filter":
+        return replace(base, q_filter=True)
     if arm == "pdd_dqn":
         return replace(base, lambda_margin=0.0)
     if arm == "no_margin":
@@ -97,4 +108,4 @@ def dqfd_config(arm: str, total_updates: int) -> DQfDConfig:
 
 def uses_demonstrations(arm: str) -> bool:
     """Arms that get the demonstrations (and pretrain on them)."""
-    return arm in ("dqfd", "imitation", "no_margin", "no_nstep")
+    return arm in ("dqfd", "q_filter", "imitation", "no_margin", "no_nstep")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .settings import Budget
+from .settings import DQFD_VARIANTS, Budget
 
 GRID_POINTS = 100
 BOOTSTRAP_RESAMPLES = 10_000
@@ -92,11 +92,30 @@ def summarize(per_seed: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+CLAIM_NAMES = {"dqfd": "DQfD", "q_filter": "DQfD + Q-filter"}
+"""How a claim line names each variant of DQfD (settings.DQFD_VARIANTS); short forms of ARM_LABELS."""
+
+
 def claims(table: dict[str, dict[str, dict[str, Any]]], demo_means: dict[str, float]) -> list[dict[str, Any]]:
-    """The paper's claims as pass/fail rows. ``table[task][arm]`` is :func:`summarize`'s output."""
+    """The paper's claims as pass/fail rows, once for each DQfD variant in the table (the faithful DQfD's
+    rows first, with their original wording, then the service's Q-filter variant's). ``table[task][arm]`` is
+    :func:`summarize`'s output. A variant's claims cover the tasks where both it and PDD DQN ran."""
     rows: list[dict[str, Any]] = []
-    if not table:
-        return rows
+    for variant in DQFD_VARIANTS:
+        tasks = [t for t in table if {variant, "pdd_dqn"} <= set(table[t])]
+        if tasks:
+            rows += _variant_claims({t: table[t] for t in tasks}, demo_means, variant)
+    return rows
+
+
+def _variant_claims(
+    table: dict[str, dict[str, dict[str, Any]]], demo_means: dict[str, float], variant: str
+) -> list[dict[str, Any]]:
+    """The claims of one variant, computed only from its own numbers (and those of the arms it is compared
+    with); for ``dqfd`` the text is that of the results files written before the Q-filter arm existed."""
+    rows: list[dict[str, Any]] = []
+    name = CLAIM_NAMES[variant]
+    of_variant = "" if variant == "dqfd" else f" of {name}"
 
     def mean(task: str, arm: str, key: str) -> float:
         return table[task][arm][key][0] if arm in table[task] else float("nan")
@@ -105,28 +124,38 @@ def claims(table: dict[str, dict[str, dict[str, Any]]], demo_means: dict[str, fl
         if not (np.isfinite(left) and np.isfinite(right)):
             return  # an arm of the claim was not run (e.g. --arms without it)
         rows.append(
-            {"task": task, "claim": text, "pass": bool(passed), "left": left, "right": right, "names": names}
+            {
+                "task": task,
+                "claim": text,
+                "pass": bool(passed),
+                "left": left,
+                "right": right,
+                "names": names,
+                "variant": variant,
+            }
         )
 
     for task in table:
-        a, b = mean(task, "dqfd", "early"), mean(task, "pdd_dqn", "early")
-        add(task, "DQfD beats PDD DQN over the early window", a, b, a > b, ("DQfD", "PDD DQN"))
-        a, b = mean(task, "dqfd", "start"), mean(task, "pdd_dqn", "start")
-        add(task, "DQfD starts higher than PDD DQN", a, b, a > b, ("DQfD", "PDD DQN"))
-        a, b = mean(task, "dqfd", "final"), mean(task, "imitation", "final")
-        add(task, "DQfD ends at least as high as imitation", a, b, a >= b, ("DQfD", "imitation"))
-        a, b = mean(task, "no_margin", "start"), mean(task, "dqfd", "start")
-        add(task, "Removing the margin loss lowers the start", a, b, a < b, ("λ2=0", "DQfD"))
-    best = [(t, mean(t, "dqfd", "final"), demo_means[t]) for t in table]
+        a, b = mean(task, variant, "early"), mean(task, "pdd_dqn", "early")
+        add(task, f"{name} beats PDD DQN over the early window", a, b, a > b, (name, "PDD DQN"))
+        a, b = mean(task, variant, "start"), mean(task, "pdd_dqn", "start")
+        add(task, f"{name} starts higher than PDD DQN", a, b, a > b, (name, "PDD DQN"))
+        a, b = mean(task, variant, "final"), mean(task, "imitation", "final")
+        add(task, f"{name} ends at least as high as imitation", a, b, a >= b, (name, "imitation"))
+        # λ2 = 0 is the ablation of both variants: without J_E there is nothing for the Q-filter to filter.
+        a, b = mean(task, "no_margin", "start"), mean(task, variant, "start")
+        add(task, f"Removing the margin loss lowers the start{of_variant}", a, b, a < b, ("λ2=0", name))
+    best = [(t, mean(t, variant, "final"), demo_means[t]) for t in table]
     exceeded = [t for t, f, d in best if f > d]
     rows.append(
         {
             "task": "any",
-            "claim": "DQfD exceeds the demonstrator's mean on at least one task",
+            "claim": f"{name} exceeds the demonstrator's mean on at least one task",
             "pass": bool(exceeded),
             "left": float("nan"),
             "right": float("nan"),
-            "names": ("", ""),
+            "names": (name, "demonstrator"),
+            "variant": variant,
             "detail": ", ".join(f"{t}: {f:.1f} vs {d:.1f}" for t, f, d in best),
         }
     )
@@ -136,7 +165,8 @@ def claims(table: dict[str, dict[str, dict[str, Any]]], demo_means: dict[str, fl
 def claim_line(row: dict[str, Any]) -> str:
     verdict = "PASS" if row["pass"] else "FAIL"
     if row["task"] == "any":
-        return f"CLAIM [{verdict}] {row['claim']} (final DQfD vs demonstrator: {row['detail']})"
+        left, right = row["names"]
+        return f"CLAIM [{verdict}] {row['claim']} (final {left} vs {right}: {row['detail']})"
     left, right = row["names"]
     return (
         f"CLAIM [{verdict}] {row['task']}: {row['claim']} "
