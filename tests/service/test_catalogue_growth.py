@@ -124,7 +124,9 @@ def test_a_running_replica_picks_up_new_and_deactivated_items(trained: Settings)
         # A model trained on the grown catalogue serves the new items, never the deactivated ones.
         grown = _save(settings, N_ITEMS + N_NEW)
         assert a.post(f"/admin/models/{grown}/activate", headers=admin_headers()).status_code == 200
-        wait_for(lambda: _act(b).json()["model_version"] == grown)
+        # Each replica swaps it in off the request path (its own poll): wait for both before asking them for
+        # k beyond the old model's items (a loaded machine once served version 1 from replica a here).
+        wait_for(lambda: all(_act(r).json()["model_version"] == grown for r in (a, b)))
         for replica in (a, b):
             assert sorted(_ranked(replica, k=N_ITEMS + N_NEW - 1)) == sorted(set(OLD + NEW) - {OLD[2]})
             assert OLD[2] not in {_act(replica).json()["item_id"] for _ in range(40)}
