@@ -426,8 +426,16 @@ class DQfDAgent(DQfDLearner):
             ValueError: not a DQfD checkpoint, an unknown version, or a user network's checkpoint without
                 ``network``.
         """
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        return cls.from_checkpoint(torch.load(source, map_location="cpu", weights_only=True), device, network)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Any, device: str | None = None, network: nn.Module | None = None
+    ) -> DQfDAgent:
+        """:meth:`load` on a checkpoint already read with ``torch.load(weights_only=True)``, for callers
+        that read it once and dispatch on its ``format`` (the service's model loader). Same arguments and
+        errors as :meth:`load`."""
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a DQfD agent checkpoint")
         version = checkpoint.get("version")
         if version not in (1, CHECKPOINT_VERSION):

@@ -576,8 +576,16 @@ class ItemDQfDAgent(DQfDLearner):
         ``network``: an untrained module of the saved architecture, needed when the agent was built with
         a custom network (the checkpoint holds weights, not code).
         """
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        return cls.from_checkpoint(torch.load(source, map_location="cpu", weights_only=True), items, network)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Any, items: ItemTable, network: nn.Module | None = None
+    ) -> ItemDQfDAgent:
+        """:meth:`load` on a checkpoint already read with ``torch.load(weights_only=True)``, for callers
+        that read it once and dispatch on its ``format`` (the service's model loader). Same arguments and
+        errors as :meth:`load`."""
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not an item DQfD agent checkpoint")
         if checkpoint.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"unsupported checkpoint version {checkpoint.get('version')}")

@@ -74,20 +74,25 @@ def agent_to_bytes(agent: Any) -> bytes:
 def agent_from_bytes(checkpoint: bytes, catalogue: Catalogue | None = None) -> Any:
     """A DQfD agent restored from checkpoint bytes (replay buffers start empty), by the checkpoint's
     ``format``: a fixed-head agent, or an item agent over ``catalogue`` (loaded with its attributes;
-    required for one: its item features are the catalogue's, scaled with the checkpoint's saved spec)."""
+    required for one: its item features are the catalogue's, scaled with the checkpoint's saved spec).
+    The bytes are read once (``torch.load``), then handed to the agent class the format names.
+
+    Raises:
+        ValueError: neither agent's checkpoint, a broken one, or an item agent's without ``catalogue``.
+    """
     import torch
 
     from agent import DQfDAgent
 
     try:
-        return DQfDAgent.load(io.BytesIO(checkpoint))
-    except ValueError:  # not a fixed-head checkpoint (or a broken one): an item agent's?
         loaded = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
-        if not is_feature_checkpoint(loaded):
-            raise
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for bad bytes
+        raise ValueError(f"not a readable model checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not is_feature_checkpoint(loaded):
+        return DQfDAgent.from_checkpoint(loaded)
     if catalogue is None:
         raise ValueError("an item-agent (feature network) checkpoint is loaded over a catalogue: pass it")
-    return item_agents.load_item_agent(checkpoint, dict(loaded.get("metadata") or {}), catalogue)
+    return item_agents.load_item_agent(loaded, catalogue)
 
 
 def n_items(agent: Any) -> int:

@@ -16,7 +16,6 @@ its allowed or its excluded items).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,15 +129,17 @@ def spec_of(agent: Any) -> FeatureSpec:
     return FeatureSpec.from_json(agent.metadata[METADATA_KEY])
 
 
-def load_item_agent(checkpoint: bytes, metadata: dict[str, Any], catalogue: Catalogue) -> Any:
-    """An item agent restored from ``checkpoint`` over ``catalogue`` (which may have grown since: the new
-    items' features are scaled with the saved spec, and their embedding rows start at zero)."""
+def load_item_agent(checkpoint: dict[str, Any], catalogue: Catalogue) -> Any:
+    """An item agent restored from a checkpoint read with ``torch.load(weights_only=True)`` over
+    ``catalogue`` (which may have grown since: the new items' features are scaled with the saved spec,
+    and their embedding rows start at zero)."""
     from agent.item_dqfd import ItemDQfDAgent
 
+    metadata = dict(checkpoint.get("metadata") or {})
     if METADATA_KEY not in metadata:
         raise ValueError(f"the checkpoint's metadata has no {METADATA_KEY!r} (the item feature spec)")
     spec = FeatureSpec.from_json(metadata[METADATA_KEY])
-    agent = ItemDQfDAgent.load(io.BytesIO(checkpoint), _table(spec, catalogue))
+    agent = ItemDQfDAgent.from_checkpoint(checkpoint, _table(spec, catalogue))
     apply_loss_rule(agent)
     return agent
 

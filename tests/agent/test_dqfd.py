@@ -273,6 +273,10 @@ def test_checkpoint_round_trip_gives_identical_q_values_and_counters():
     restored = DQfDAgent.load(buffer)
     states = np.random.default_rng(5).normal(size=(10, 3)).astype(np.float32)
     np.testing.assert_array_equal(restored.q_values(states), agent.q_values(states))
+    # the same checkpoint already read (the service reads once and dispatches on "format")
+    np.testing.assert_array_equal(DQfDAgent.from_checkpoint(raw).q_values(states), agent.q_values(states))
+    with pytest.raises(ValueError, match="not a DQfD agent checkpoint"):
+        DQfDAgent.from_checkpoint({**raw, "format": "item-dqfd-agent"})
     assert restored.n_updates == 12 and restored.config == agent.config
     numpy_net = NumpyQNetwork.from_checkpoint(io.BytesIO(buffer.getvalue()))
     np.testing.assert_allclose(numpy_net.q_values(states), agent.q_values(states), rtol=1e-5, atol=1e-5)

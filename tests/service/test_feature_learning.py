@@ -107,7 +107,9 @@ def featured(settings: Settings) -> Settings:
     return settings
 
 
-def test_a_catalogue_with_features_pretrains_a_feature_version(featured: Settings) -> None:
+def test_a_catalogue_with_features_pretrains_a_feature_version(
+    featured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checkpoint = _checkpoint(featured, 1)
     assert checkpoint["format"] == "item-dqfd-agent"
     attributes = _attributes(N_ITEMS)
@@ -119,11 +121,17 @@ def test_a_catalogue_with_features_pretrains_a_feature_version(featured: Setting
     assert checkpoint["counters"]["n_pretrain_updates"] == 30
     assert checkpoint["n_items"] == N_ITEMS
     blob, catalogue = _stored(featured, 1)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(1) or real_load(*a, **k))
     agent = agents.agent_from_bytes(blob, catalogue)
+    assert len(reads) == 1  # read once, dispatched on its format (not tried as a fixed-head one first)
     assert isinstance(agent, ItemDQfDAgent) and agents.n_items(agent) == N_ITEMS
     np.testing.assert_array_equal(agent.items.features.numpy(), feature_matrix(spec, attributes))
     with pytest.raises(ValueError, match="over a catalogue"):
         agents.agent_from_bytes(blob)
+    with pytest.raises(ValueError, match="not a readable model checkpoint"):
+        agents.agent_from_bytes(b"not a checkpoint", catalogue)
 
 
 def test_feature_versions_serve_learn_online_and_take_new_items(featured: Settings) -> None:
