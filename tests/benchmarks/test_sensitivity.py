@@ -16,20 +16,21 @@ import sensitivity  # noqa: E402
 
 from service.settings import derived_target_update_period  # noqa: E402
 
-SETTINGS = ("target_period", "learning_rate", "pretrain_steps", "width")
+SETTINGS = ("target_period", "learning_rate", "pretrain_steps", "width", "beta_anneal")
 
 
-def test_nine_configs_each_moving_one_setting_from_the_service_default() -> None:
+def test_eleven_configs_each_moving_one_setting_from_the_service_default() -> None:
     configs = sensitivity.study_configs()
     default = configs[0]
-    assert len(configs) == 9
+    assert len(configs) == 11
     assert (default.name, default.setting) == ("default", None)
-    assert (default.target_period, default.learning_rate, default.pretrain_steps, default.width) == (
-        1000,
-        1e-4,
-        2000,
-        256,
-    )
+    assert (
+        default.target_period,
+        default.learning_rate,
+        default.pretrain_steps,
+        default.width,
+        default.beta_anneal,
+    ) == (1000, 1e-4, 2000, 256, 1_000_000)
     moved = {}
     for c in configs[1:]:
         changed = {s for s in SETTINGS if c.value(s) != default.value(s)}
@@ -43,9 +44,10 @@ def test_nine_configs_each_moving_one_setting_from_the_service_default() -> None
         "learning_rate": [3e-5, 3e-4],
         "pretrain_steps": [1000, 4000],
         "width": [128, 512],
+        "beta_anneal": [10_000, 100_000],
     }
     assert [c.target_period for c in configs if c.setting == "pretrain_steps"] == [500, 1000]
-    assert len({c.name for c in configs}) == 9
+    assert len({c.name for c in configs}) == 11
 
 
 def test_service_agent_config_is_what_the_service_builds() -> None:
@@ -55,6 +57,12 @@ def test_service_agent_config_is_what_the_service_builds() -> None:
     assert (cfg.batch_size, cfg.q_filter, cfg.priority_beta_anneal_updates) == (32, True, 1_000_000)
     wide = sensitivity.service_agent_config(by_name["width_512"])
     assert (wide.hidden_sizes, wide.learning_rate, wide.target_update_period) == ((512, 512), 1e-4, 1000)
+    beta = sensitivity.service_agent_config(by_name["beta_anneal_10000"])
+    assert (beta.priority_beta_anneal_updates, beta.hidden_sizes, beta.target_update_period) == (
+        10_000,
+        (256, 256),
+        1000,
+    )
 
 
 def test_verdicts_follow_the_stated_criterion() -> None:
@@ -75,7 +83,7 @@ def test_settings_and_configs_select_around_the_default() -> None:
         ["--settings", "width", "learning_rate", "--configs", "width_512", "width_128"]
     )
     assert sensitivity.selected_configs(args) == ["default", "width_128", "width_512"]
-    assert len(sensitivity.selected_configs(sensitivity.parse_args([]))) == 9
+    assert len(sensitivity.selected_configs(sensitivity.parse_args([]))) == 11
 
 
 @pytest.mark.slow
