@@ -24,6 +24,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -209,8 +210,14 @@ def run_references(seed: int, s: Settings, config: SimulatorConfig) -> dict[str,
     }
 
 
-def run_rl(arm: str, seed: int, s: Settings, config: SimulatorConfig) -> dict[str, Any]:
-    """DQfD (pretrain + online) or PDD DQN (online from scratch); evaluations at ``s.checkpoints``."""
+def run_rl(
+    arm: str, seed: int, s: Settings, config: SimulatorConfig, make_agent: Callable[..., Any] | None = None
+) -> dict[str, Any]:
+    """DQfD (pretrain + online) or PDD DQN (online from scratch); evaluations at ``s.checkpoints``.
+
+    ``make_agent(state_dim, n_items, config, seed)`` builds the agent (default ``agent.DQfDAgent``); any
+    object with its calls used here will do (benchmarks/feature_adapter.py: the service's feature network).
+    """
     import torch
 
     from agent import DQfDAgent
@@ -222,7 +229,7 @@ def run_rl(arm: str, seed: int, s: Settings, config: SimulatorConfig) -> dict[st
         cfg = _agent_config(s, approx_updates, lambda_margin=1.0, epsilon=s.dqfd_epsilon)
     else:
         cfg = _agent_config(s, approx_updates, lambda_margin=0.0, epsilon=s.pdd_epsilon_end)
-    agent = DQfDAgent(config.obs_dim, config.n_items, cfg, seed=seed)
+    agent = (make_agent or DQfDAgent)(config.obs_dim, config.n_items, cfg, seed=seed)
     result: dict[str, Any] = {"arm": arm, "seed": seed, "curve": [], "pretrain": None}
     started = time.perf_counter()
     if arm == "dqfd":

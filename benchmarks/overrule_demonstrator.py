@@ -21,6 +21,11 @@ it finished and ``--report`` rebuilds the tables, plot and JSON from that file. 
     nice -n 10 .venv/bin/python benchmarks/overrule_demonstrator.py --seeds 0 1 2 3 4 --online-sessions 5000
     .venv/bin/python benchmarks/overrule_demonstrator.py --report    # tables from the saved runs
     .venv/bin/python benchmarks/overrule_demonstrator.py --quick     # smoke test, < 1 minute
+
+``--service-agent --network feature`` runs every variant (PDD DQN included) on the network the service
+trains on a catalogue with numeric item columns, as the simulator's items.csv has: the feature network of
+``agent.item_dqfd.ItemDQfDAgent`` built as a service job builds it (benchmarks/feature_adapter.py). Each
+row and the meta record the network; a stem holds one network only.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
+import feature_adapter  # noqa: E402
 import offline_to_online as o2o  # noqa: E402
 
 from simulator import SimulatorConfig  # noqa: E402
@@ -95,16 +101,24 @@ def label(name: str) -> str:
     return variant_spec(name)["label"]
 
 
+NETWORKS = ("fixed", "feature")
+"""``--network``: the fixed head (``agent.DQfDAgent``, one output per item) or the service's feature
+network (``agent.item_dqfd.ItemDQfDAgent`` through benchmarks/feature_adapter.py)."""
+
 SERVICE_AGENT = {"priority_beta_anneal_updates": 1_000_000}
 """With ``--service-agent``, DQfDConfig fields kept at the agent's (and the service's) defaults, which
 offline_to_online sets from its budget (β annealed over the run's updates there)."""
 
 
 def run_variant(
-    variant: str, seed: int, s: o2o.Settings, extra_agent: dict[str, Any] | None = None
+    variant: str,
+    seed: int,
+    s: o2o.Settings,
+    extra_agent: dict[str, Any] | None = None,
+    network: str = "fixed",
 ) -> dict[str, Any]:
     """One seed of one variant, through offline_to_online's own run code with the variant's fields (and
-    ``extra_agent``'s, for every variant)."""
+    ``extra_agent``'s, for every variant), on the ``network`` of :data:`NETWORKS`."""
     import torch
 
     torch.set_num_threads(1)
@@ -116,13 +130,18 @@ def run_variant(
         fields = {**(extra_agent or {}), **spec["agent"]}
         return dataclasses.replace(base(st, total, lambda_margin, epsilon), **fields)
 
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}: one of {NETWORKS}")
+    config = SimulatorConfig()
+    make_agent = feature_adapter.feature_factory(config) if network == "feature" else None
     o2o._agent_config = with_overrides
     try:
-        result = o2o.run_rl(spec["arm"], seed, settings, SimulatorConfig())
+        result = o2o.run_rl(spec["arm"], seed, settings, config, make_agent=make_agent)
     finally:
         o2o._agent_config = base
     result.pop("pretrain", None)
     result["variant"] = variant
+    result["network"] = network
     return result
 
 
@@ -187,7 +206,8 @@ def write_report(
         f"hidden {'×'.join(map(str, st['hidden_sizes']))}, n = 10, ε = 0.01"
         + "".join(f", {k} = {v:,}" for k, v in meta.get("agent_overrides", {}).items())
         + "). "
-        "Mean session return ± 95% CI (Student t) over the seeds listed; "
+        + _network_note(meta)
+        + "Mean session return ± 95% CI (Student t) over the seeds listed; "
         "paired differences are per seed on the same users.",
         "",
     ]
@@ -244,6 +264,35 @@ def write_report(
         json.dumps({**meta, "summary": summary, "runs": runs}, indent=1, default=float)
     )
     plot(summary, out / f"{stem}.png")
+
+
+def _network_note(meta: dict[str, Any]) -> str:
+    """The report's sentence on the feature network (empty for the fixed head: its reports are as before)."""
+    if meta.get("network", "fixed") != "feature":
+        return ""
+    net = meta["item_network"]
+    names = ", ".join(c["name"] for c in (meta.get("item_features") or {}).get("columns", []))
+    return (
+        "Network: the service's feature network (agent.item_dqfd.ItemDQfDAgent, Q(s, a) = f(s, x_a), built "
+        f"by service.learning.item_agents for {meta['n_items']} items: state tower "
+        f"{'×'.join(map(str, net['state_hidden']))}, item tower {'×'.join(map(str, net['item_hidden']))}, "
+        f"cross {'×'.join(map(str, net['cross_hidden']))}, D = {net['embedding_dim']}, loss items "
+        f"{net['loss_items'] or 'all'}; item features {names}, z-scored on the catalogue) for every variant, "
+        "PDD DQN included; the hidden sizes above are the fixed head's and unused. "
+    )
+
+
+def check_network(network: str, meta_before: dict[str, Any] | None, runs: list[dict[str, Any]]) -> None:
+    """Refuse to add ``network`` runs to a stem that holds another network's (a report never mixes them):
+    the stem's meta and its saved rows (those written before rows recorded it were the fixed head's)."""
+    found = {r.get("network", "fixed") for r in runs}
+    if meta_before is not None:
+        found.add(meta_before.get("network", "fixed"))
+    others = found - {network}
+    if others:
+        raise SystemExit(
+            f"this stem holds {sorted(others)[0]} network runs; --network {network} needs another --stem"
+        )
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -325,13 +374,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "10^6 updates) and one update per online step (DQFD_UPDATES_PER_TRANSITION=1) instead of "
         "offline_to_online's",
     )
+    p.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="fixed",
+        help="with --service-agent: fixed (one output per item, default) or feature (the service's feature "
+        "network over the simulator's item columns, for every variant)",
+    )
     p.add_argument("--out-dir", type=Path, default=o2o.RESULTS)
     p.add_argument("--stem", default="overrule_demonstrator")
     p.add_argument("--report", action="store_true", help="only rebuild the report from the saved runs")
     a = p.parse_args(argv)
+    if a.network == "feature" and not a.service_agent:
+        p.error("--network feature is the service's network: use it with --service-agent")
     s = o2o.quick_settings() if a.quick else o2o.Settings()
-    s.online_sessions = 150 if a.quick else a.online_sessions
-    s.checkpoints = (0, 150) if a.quick else tuple(sorted({0, *a.checkpoints, s.online_sessions}))
+    if a.quick:  # quick_settings' 150 online sessions, evaluated after pretraining and at the end
+        s.checkpoints = (0, s.online_sessions)
+    else:
+        s.online_sessions = a.online_sessions
+        s.checkpoints = tuple(sorted({0, *a.checkpoints, s.online_sessions}))
     s.checkpoints = tuple(c for c in s.checkpoints if c <= s.online_sessions)
     if a.pretrain_steps is not None:
         s.pretrain_steps = a.pretrain_steps
@@ -355,12 +416,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "settings": json.loads(json.dumps(dataclasses.asdict(s), default=str)),
             "seconds": 0.0,
             "agent_overrides": SERVICE_AGENT if a.service_agent else {},
+            "network": a.network,
         }
-        if meta_path.exists():
-            before = json.loads(meta_path.read_text())
+        if a.network == "feature":
+            meta.update(feature_adapter.describe(SimulatorConfig()), n_items=SimulatorConfig().n_items)
+        before = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        done_runs, done_refs = load_runs(runs_path)
+        check_network(a.network, before, done_runs)
+        if before is not None:
             meta["seconds"] = before.get("seconds", 0.0)
             meta["commands"] = [*before.get("commands", [before["command"]]), command]
-        done_runs, done_refs = load_runs(runs_path)
         done = {(r["variant"], r["seed"]) for r in done_runs} | {("references", r["seed"]) for r in done_refs}
         for seed in seeds:
             for variant in ["references", *variants]:
@@ -370,7 +435,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if variant == "references":
                     row = {**o2o.run_references(seed, s, SimulatorConfig()), "variant": "references"}
                 else:
-                    row = run_variant(variant, seed, s, SERVICE_AGENT if a.service_agent else None)
+                    row = run_variant(
+                        variant, seed, s, SERVICE_AGENT if a.service_agent else None, network=a.network
+                    )
                 meta["seconds"] += time.perf_counter() - started
                 with runs_path.open("a") as fh:
                     fh.write(json.dumps(row, default=float) + "\n")

@@ -99,3 +99,155 @@ def test_service_agent_pdd_arm_has_the_dqfd_arms_network_and_budget_and_dqfd_is_
     service = dataclasses.asdict(agent_config(Settings(_env_file=None)))
     apart = {"replay_capacity", "pretrain_steps", "max_abs_state", "max_abs_reward"}
     assert {k for k in service if service[k] != dqfd[k]} <= apart
+
+
+# ------------------------------------------------------------------------------------ feature network
+def _feature_adapter(seed: int = 0) -> tuple[object, object]:
+    """The adapter over the simulator's catalogue with the service's DQfDConfig (small replay), and the
+    simulator config."""
+    import dataclasses
+
+    import feature_adapter
+
+    from service.learning.agents import agent_config
+    from simulator import SimulatorConfig
+
+    sim = SimulatorConfig()
+    config = dataclasses.replace(agent_config(feature_adapter.service_settings()), replay_capacity=1000)
+    return feature_adapter.build_feature_agent(sim, sim.obs_dim, config, seed), sim
+
+
+def test_feature_adapter_is_the_services_item_agent_over_z_scored_simulator_items():
+    import numpy as np
+
+    from agent.item_dqfd import ItemDQfDAgent
+    from service.learning import item_agents
+    from simulator import generate_catalogue
+
+    adapter, sim = _feature_adapter()
+    item_agent = adapter.agent
+    assert isinstance(item_agent, ItemDQfDAgent) and len(item_agent.items) == sim.n_items == 100
+    # The service's network for 100 items: ItemNetworkConfig's defaults, sampled loss items past 64.
+    expected = item_agents.network_config(__import__("feature_adapter").service_settings(), 100)
+    assert item_agent.network_config == expected and expected.loss_items == 64
+    # Item features: items.csv's numeric columns (appeal, quality, topic; topic_mix is JSON text), each
+    # z-scored with the catalogue's mean and population std, in name order.
+    c = generate_catalogue(sim)
+    raw = np.column_stack([c.appeal, c.quality, c.primary_topic.astype(float)])
+    z = (raw - raw.mean(axis=0)) / raw.std(axis=0)
+    np.testing.assert_allclose(item_agent.items.features.numpy(), z, rtol=1e-5, atol=1e-6)
+    assert [col["name"] for col in item_agent.metadata["item_features"]["columns"]] == [
+        "appeal",
+        "quality",
+        "topic",
+    ]
+
+
+def test_feature_adapter_q_values_are_the_item_agents_scores_with_disallowed_items_minus_inf():
+    import numpy as np
+
+    adapter, sim = _feature_adapter()
+    rng = np.random.default_rng(0)
+    states = rng.standard_normal((3, sim.obs_dim)).astype(np.float32)
+    masks = rng.random((3, sim.n_items)) < 0.3
+    masks[:, 7] = True
+    scores = adapter.agent.q_values(states, np.arange(sim.n_items))
+    q = adapter.q_values(states, masks)
+    assert q.shape == (3, 100) and q.dtype == np.float32
+    np.testing.assert_array_equal(q[masks], scores[masks])
+    assert np.all(np.isneginf(q[~masks]))
+    np.testing.assert_array_equal(adapter.q_values(states), scores)  # no mask: every item
+    # The greedy pick is the best allowed item by the item agent's own scores.
+    best = [int(np.flatnonzero(m)[np.argmax(s[m])]) for s, m in zip(scores, masks, strict=True)]
+    assert np.argmax(q, axis=1).tolist() == best
+
+
+def test_feature_adapter_observe_stores_each_states_allowed_set():
+    import numpy as np
+
+    adapter, sim = _feature_adapter()
+    s0, s1, s2 = (np.full(sim.obs_dim, v, dtype=np.float32) for v in (0.1, 0.2, 0.3))
+    m0 = np.zeros(100, dtype=bool)
+    m0[[3, 5, 9]] = True  # few allowed: stored as candidates
+    m1 = np.ones(100, dtype=bool)
+    m1[[5, 40]] = False  # few excluded: stored as the catalogue less exclusions
+    m2 = np.zeros(100, dtype=bool)
+    adapter.observe(s0, 5, 1.0, s1, False, mask=m0, next_mask=m1, truncated=False)
+    adapter.observe(s1, 7, 0.0, s2, True, mask=m1, next_mask=m2, truncated=False)
+    assert adapter.n_agent_transitions == 2
+    stored = adapter.agent.replay.agent_allowed
+    assert stored[0].items().tolist() == [3, 5, 9] and stored[0].candidates == (3, 5, 9)
+    assert stored[1].items().tolist() == [i for i in range(100) if i not in (5, 40)]
+    assert stored[1].exclusions == frozenset({5, 40})
+    np.testing.assert_array_equal(adapter.agent.replay.agent.actions[:2], [5, 7])  # s0's and s1's items
+
+
+def test_quick_feature_run_writes_feature_rows_and_a_stem_never_mixes_networks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    import offline_to_online as o2o
+
+    tiny = o2o.Settings(
+        demo_sessions=8,
+        pretrain_steps=5,
+        online_sessions=8,
+        eval_sessions=3,
+        parallel_envs=4,
+        pdd_epsilon_sessions=2,
+        quick=True,
+    )
+    monkeypatch.setattr(o2o, "quick_settings", lambda: tiny)
+    common = ["--quick", "--service-agent", "--out-dir", str(tmp_path), "--stem", "feat"]
+    summary = bench.main([*common, "--network", "feature"])
+    assert set(summary["variants"]) == {"faithful", "q_filter"}
+    rows = [json.loads(r) for r in (tmp_path / "feat_runs.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r.get("network")) for r in rows] == [
+        ("references", None),
+        ("faithful", "feature"),
+        ("q_filter", "feature"),
+    ]
+    assert [p["sessions"] for p in rows[1]["curve"]] == [0, 8]
+    assert rows[1]["curve"][0]["updates"] == 0  # only pretraining before the first checkpoint
+    assert rows[1]["curve"][1]["updates"] > 0  # online updates through the adapter
+    meta = json.loads((tmp_path / "feat_meta.json").read_text())
+    assert (meta["network"], meta["item_network"]["loss_items"], meta["n_items"]) == ("feature", 64, 100)
+    assert "the service's feature network" in (tmp_path / "feat.md").read_text()
+    with pytest.raises(SystemExit, match="holds feature network runs"):
+        bench.main(common)  # the fixed head into the feature stem
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--network", "feature", "--out-dir", str(tmp_path)])  # needs --service-agent
+
+
+def test_feature_pdd_is_the_same_feature_network_without_margin_or_demonstrations(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import feature_adapter
+    import offline_to_online as o2o
+
+    from agent.item_dqfd import ItemDQfDAgent
+
+    built: dict[str, object] = {}
+    factory = feature_adapter.feature_factory
+
+    def recording(sim_config: object) -> object:
+        make = factory(sim_config)
+
+        def build(*args: object, **kwargs: object) -> object:
+            built[variant] = make(*args, **kwargs)
+            return built[variant]
+
+        return build
+
+    monkeypatch.setattr(feature_adapter, "feature_factory", recording)
+    tiny = o2o.Settings(
+        demo_sessions=4, pretrain_steps=3, online_sessions=1, checkpoints=(0,), eval_sessions=1
+    )
+    tiny.hidden_sizes, tiny.batch_size, tiny.learning_rate, tiny.train_every = (256, 256), 32, 1e-4, 1
+    for variant in ("q_filter", "pdd"):
+        row = bench.run_variant(variant, 0, tiny, bench.SERVICE_AGENT, network="feature")
+        assert row["network"] == "feature"
+    dqfd, pdd = built["q_filter"].agent, built["pdd"].agent
+    assert isinstance(pdd, ItemDQfDAgent) and pdd.network_config == dqfd.network_config
+    assert (pdd.n_demonstrations, pdd.n_pretrain_updates, pdd.config.lambda_margin) == (0, 0, 0.0)
+    assert dqfd.n_demonstrations > 0 and dqfd.n_pretrain_updates == 3 and dqfd.config.q_filter
+    assert dqfd.config.lambda_margin == 1.0  # offline_to_online's online margin
