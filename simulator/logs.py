@@ -54,6 +54,9 @@ LOG_START = datetime(2024, 1, 1, tzinfo=UTC)
 STEP_SECONDS = 30
 """Synthetic seconds between two steps of a session."""
 
+TOPIC_MIX_DECIMALS = 6
+"""Decimals of the ``topic_k`` columns of ``items.csv`` (as the former JSON ``topic_mix`` column)."""
+
 PARQUET_SCHEMA = pa.schema(
     [
         ("session_id", pa.string()),
@@ -196,18 +199,25 @@ def read_logs(path: str | Path) -> pd.DataFrame:
 
 
 def items_frame(catalogue: Catalogue) -> pd.DataFrame:
-    """The catalogue as the service's items table: ``item_id`` in action-index order, ``active``, and
-    descriptive columns ``topic`` (dominant topic), ``appeal``, ``quality`` and ``topic_mix`` (JSON)."""
-    return pd.DataFrame(
-        {
-            "item_id": catalogue.item_ids,
-            "active": np.ones(catalogue.n_items, dtype=bool),
-            "topic": catalogue.primary_topic.astype(int),
-            "appeal": catalogue.appeal,
-            "quality": catalogue.quality,
-            "topic_mix": [json.dumps([round(float(x), 6) for x in row]) for row in catalogue.topics],
-        }
-    )
+    """The catalogue as the service's items table: ``item_id`` in action-index order, ``active``,
+    ``topic`` (the dominant topic as a text label, ``t3``), ``appeal``, ``quality`` and the topic mix as
+    numeric columns ``topic_0 … topic_{n_topics-1}`` (rounded to 6 decimals).
+
+    The mix is one column per topic, not a JSON string, because the service's feature network uses every
+    numeric column as an item feature and leaves text out (``service/ingest/item_features.py``): as numbers
+    it can match an item's topics to the user's per-topic interests (``simulator/observation.py``). The
+    dominant topic is a label for the same reason: as an int it would be z-scored as if it were a quantity.
+    """
+    mix = np.round(np.asarray(catalogue.topics, dtype=np.float64), TOPIC_MIX_DECIMALS)
+    columns: dict[str, object] = {
+        "item_id": catalogue.item_ids,
+        "active": np.ones(catalogue.n_items, dtype=bool),
+        "topic": [f"t{t}" for t in catalogue.primary_topic.astype(int)],
+        "appeal": catalogue.appeal,
+        "quality": catalogue.quality,
+    }
+    columns |= {f"topic_{t}": mix[:, t] for t in range(mix.shape[1])}
+    return pd.DataFrame(columns)
 
 
 def write_items(catalogue: Catalogue, path: str | Path) -> Path:

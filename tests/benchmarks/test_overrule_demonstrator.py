@@ -130,16 +130,18 @@ def test_feature_adapter_is_the_services_item_agent_over_z_scored_simulator_item
     # The service's network for 100 items: ItemNetworkConfig's defaults, sampled loss items past 64.
     expected = item_agents.network_config(__import__("feature_adapter").service_settings(), 100)
     assert item_agent.network_config == expected and expected.loss_items == 64
-    # Item features: items.csv's numeric columns (appeal, quality, topic; topic_mix is JSON text), each
-    # z-scored with the catalogue's mean and population std, in name order.
+    # Item features: items.csv's numeric columns (appeal, quality and the topic mix topic_0..topic_4,
+    # rounded to 6 decimals; the dominant-topic label "t3" is text), each z-scored with the catalogue's
+    # mean and population std, in name order.
     c = generate_catalogue(sim)
-    raw = np.column_stack([c.appeal, c.quality, c.primary_topic.astype(float)])
+    raw = np.column_stack([c.appeal, c.quality, np.round(c.topics, 6)])
     z = (raw - raw.mean(axis=0)) / raw.std(axis=0)
     np.testing.assert_allclose(item_agent.items.features.numpy(), z, rtol=1e-5, atol=1e-6)
+    topic_columns = [f"topic_{t}" for t in range(sim.n_topics)]
     assert [col["name"] for col in item_agent.metadata["item_features"]["columns"]] == [
         "appeal",
         "quality",
-        "topic",
+        *topic_columns,
     ]
 
 

@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from simulator import SimulatorConfig, generate_catalogue
+from simulator.catalogue import Catalogue
 from simulator.evaluate import run_sessions
 from simulator.logs import (
     LOG_COLUMNS,
     generate_logs,
+    items_frame,
     logs_to_arrays,
     main,
     read_logs,
@@ -108,6 +110,40 @@ def test_items_csv(tmp_path: Path) -> None:
     assert items["active"].all()
     np.testing.assert_allclose(items["quality"], cat.quality)
     np.testing.assert_allclose(items["appeal"], cat.appeal)
+    topic_columns = [f"topic_{t}" for t in range(CONFIG.n_topics)]
+    assert list(items.columns) == ["item_id", "active", "topic", "appeal", "quality", *topic_columns]
+    # The mix is numeric (a feature for the service), rounded to 6 decimals; the label is text (not one).
+    assert all(items[c].dtype == np.float64 for c in topic_columns)
+    np.testing.assert_allclose(items[topic_columns].to_numpy(), cat.topics, atol=5e-7)
+    assert items["topic"].tolist() == [f"t{t}" for t in cat.primary_topic]
+
+
+def test_items_frame_by_hand() -> None:
+    # Two items, three topics: item 0 is mostly topic 2, item 1 mostly topic 0.
+    cat = Catalogue(
+        topics=np.array([[0.1, 0.2, 0.7], [0.5000004, 0.4999996, 0.0]]),
+        appeal=np.array([0.25, 0.75]),
+        quality=np.array([-0.5, 0.5]),
+    )
+    frame = items_frame(cat)
+    assert list(frame.columns) == [
+        "item_id",
+        "active",
+        "topic",
+        "appeal",
+        "quality",
+        "topic_0",
+        "topic_1",
+        "topic_2",
+    ]
+    assert frame["item_id"].tolist() == ["item_00000", "item_00001"]
+    assert frame["active"].tolist() == [True, True]
+    assert frame["topic"].tolist() == ["t2", "t0"]
+    assert frame["appeal"].tolist() == [0.25, 0.75] and frame["quality"].tolist() == [-0.5, 0.5]
+    # Rounded to 6 decimals: 0.5000004 -> 0.5, 0.4999996 -> 0.5.
+    assert frame["topic_0"].tolist() == [0.1, 0.5]
+    assert frame["topic_1"].tolist() == [0.2, 0.5]
+    assert frame["topic_2"].tolist() == [0.7, 0.0]
 
 
 def test_logs_to_arrays(logs: pd.DataFrame) -> None:
