@@ -647,6 +647,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     """One panel per setting (x: value, log scale) and checkpoint (rows: pretrained, end); one line per
     problem: the mean paired Δ to its default configuration divided by its X; the default marked."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -676,9 +677,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             ax.plot([base.value(setting)], [0.0], "k*", ms=11, zorder=5)
             ax.set_xscale("log")
             grid = (*SETTING_VALUES[setting], base.value(setting))  # β's default is past both values
-            ax.set_xlim(
-                min(grid) / PLOT_MARGIN, max(grid) * PLOT_MARGIN
-            )  # the whole grid, even where not run
+            # the whole grid, even where not run
+            ax.set_xlim(min(grid) / PLOT_MARGIN, max(grid) * PLOT_MARGIN)
+            ax.set_xticks(sorted(grid), [f"{v:g}" for v in sorted(grid)])  # the grid's values, not decades
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(SETTING_LABELS[setting])
             ax.set_title(f"{SETTING_LABELS[setting]}, {title}", fontsize=9)
             ax.grid(alpha=0.3)
