@@ -43,26 +43,18 @@ def service_catalogue(sim_config: Any) -> Any:
     ``service.ingest.catalogue.Catalogue`` with each item's attributes.
 
     The file is the simulator's own (``simulator.logs.write_items``), read by the importer's reader, and
-    each row's extra columns become attributes by import_items' rule (non-missing cells, NumPy scalars
-    as Python values), so the features fitted on them are the ones a deployment would fit.
+    each row's extra columns become attributes by import_items' own rule (``item_attributes``), so the
+    features fitted on them are the ones a deployment would fit.
     """
-    import pandas as pd
-
-    from service.ingest.catalogue import Catalogue, _plain, _read_items
+    from service.ingest.catalogue import Catalogue, _read_items, item_attributes
     from service.ingest.validation import parse_bool
     from simulator import generate_catalogue
     from simulator.logs import write_items
 
     with tempfile.TemporaryDirectory() as folder:
         frame = _read_items(write_items(generate_catalogue(sim_config), Path(folder) / "items.csv"))
-    extra = [c for c in frame.columns if c not in {"item_id", "active"}]
-    # service/ingest/catalogue.py import_items: the attributes it stores for each row.
-    attributes = [
-        {c: _plain(record[c]) for c in extra if pd.notna(record[c])} or None
-        for record in frame.to_dict("records")
-    ]
     active = [bool(parse_bool(v)) for v in frame["active"]]
-    return Catalogue.build([str(i) for i in frame["item_id"]], active, attributes)
+    return Catalogue.build([str(i) for i in frame["item_id"]], active, item_attributes(frame))
 
 
 class FeatureAgentAdapter:

@@ -114,6 +114,16 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def item_attributes(frame: pd.DataFrame) -> list[dict[str, Any] | None]:
+    """Each row's attributes as :func:`import_items` stores them: its non-missing cells outside ``item_id``
+    and ``active`` (NumPy scalars as Python values), or None when it has none."""
+    extra = [c for c in frame.columns if c not in {"item_id", "active"}]
+    return [
+        {c: _plain(record[c]) for c in extra if pd.notna(record[c])} or None
+        for record in frame.to_dict("records")
+    ]
+
+
 def _read_items(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source
@@ -167,13 +177,11 @@ def import_items(session: Session, source: str | Path | pd.DataFrame) -> int:
             )
     else:
         active = [True] * len(frame)
-    extra = [c for c in frame.columns if c not in {"item_id", "active"}]
     existing = {item.item_id: item for item in session.scalars(select(Item))}
     next_index = session.scalar(select(func.coalesce(func.max(Item.action_index), -1))) + 1
     added = 0
-    for record, is_active in zip(frame.to_dict("records"), active, strict=True):
-        item_id = str(record["item_id"])
-        attributes = {c: _plain(record[c]) for c in extra if pd.notna(record[c])} or None
+    for raw_id, is_active, attributes in zip(ids.tolist(), active, item_attributes(frame), strict=True):
+        item_id = str(raw_id)
         if item_id in existing:
             existing[item_id].active = bool(is_active)
             existing[item_id].attributes = attributes
