@@ -8,4 +8,8 @@ bash scripts/install_test_tools.sh
 bash scripts/ensure_postgres.sh || true
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . || { echo "ruff format: run .venv/bin/ruff format ." >&2; exit 1; }
-.venv/bin/python -m pytest "$@"
+# Parallel processes (pytest-xdist): one per CPU, at least 2 and at most 4. Each process has its own
+# PostgreSQL database and SQLite files (tests/service/conftest.py) and its servers bind free ports, so the
+# tests do not share state. PYTEST_WORKERS=0 runs them in this one process (e.g. with -x or --pdb).
+workers=${PYTEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(4, max(2, len(os.sched_getaffinity(0)))))')}
+.venv/bin/python -m pytest -n "$workers" "$@"
