@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from command_line import command_line
 
 from agent.off_policy import doubly_robust, ips, session_importance_sampling, snips
 from simulator import SimulatorConfig, make_env
@@ -352,11 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = log_sessions(config, args.sessions, seed=seed, with_truth=False)
         decisions.append(data["reward"].shape[0])
         per_seed.append(estimate_seed(data, args.n_bootstrap, seed))
-    command = "nice -n 10 .venv/bin/python benchmarks/ope_coverage.py" + (
-        " " + " ".join(shlex.quote(a) for a in argv) if argv else ""
-    )
-    if argv is None:
-        command = "nice -n 10 .venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command_line("benchmarks/ope_coverage.py", sys.argv[1:] if argv is None else argv)
     report = {
         "command": command,
         "args": {

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ if str(BENCHMARKS) not in sys.path:
 
 import feature_adapter  # noqa: E402
 import offline_to_online as o2o  # noqa: E402
+from command_line import command_line, niceness  # noqa: E402
 
 from simulator import SimulatorConfig  # noqa: E402
 
@@ -254,8 +254,9 @@ def write_report(
     if notes.exists():  # hand-written reading of the numbers, kept across re-reports
         lines += [notes.read_text().strip(), ""]
     lines += [
-        f"Wall time of the runs: {meta['seconds'] / 60:.1f} min, one process at `nice -n 10` "
-        "(on a machine shared with other jobs: not a measure of cost).",
+        f"Wall time of the runs: {meta['seconds'] / 60:.1f} min, one process"
+        + (f" at `nice -n {meta['nice']}`" if meta.get("nice", 10) else "")
+        + " (on a machine shared with other jobs: not a measure of cost).",
         "",
         "Plot: `" + f"{stem}.png" + "` (mean and 95% band per variant).",
     ]
@@ -408,11 +409,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.report:
         meta = json.loads(meta_path.read_text())
     else:
-        command = " ".join(
-            ["nice -n 10 .venv/bin/python benchmarks/overrule_demonstrator.py", *map(shlex.quote, argv)]
-        )
+        command = command_line("benchmarks/overrule_demonstrator.py", argv)
         meta = {
             "command": command,
+            "nice": niceness(),
             "settings": json.loads(json.dumps(dataclasses.asdict(s), default=str)),
             "seconds": 0.0,
             "agent_overrides": SERVICE_AGENT if a.service_agent else {},

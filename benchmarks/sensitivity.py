@@ -58,7 +58,6 @@ import dataclasses
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -74,6 +73,7 @@ for _path in (str(BENCHMARKS), str(ROOT)):
         sys.path.insert(0, _path)
 
 import offline_to_online as o2o  # noqa: E402
+from command_line import command_line  # noqa: E402
 
 from service.settings import Settings, derived_target_update_period  # noqa: E402
 
@@ -752,7 +752,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"no {meta_path}: nothing to report")
         meta = before
     else:
-        command = " ".join(["nice -n 10 .venv/bin/python benchmarks/sensitivity.py", *map(shlex.quote, argv)])
+        command = command_line("benchmarks/sensitivity.py", argv)
         meta = {
             "commands": [*(before or {}).get("commands", []), command],
             "machine": _machine(),
