@@ -630,10 +630,12 @@ def write_report(
     notes = out / f"{stem}_notes.md"
     if notes.exists():  # hand-written reading of the numbers, kept across re-reports
         lines += [notes.read_text().strip(), ""]
+    cpu_hours = sum(r.get("cpu_seconds", 0.0) for r in rows) / 3600
+    wall_hours = sum(r.get("wall_seconds", 0.0) for r in rows) / 3600
     lines += [
-        f"Compute: {meta.get('cpu_seconds', 0.0) / 3600:.2f} CPU core-hours (process time summed over the "
-        f"runs); {meta['seconds'] / 3600:.2f} hours of run wall time summed over workers (on a shared "
-        "machine wall time is not a measure of cost).",
+        f"Compute: {cpu_hours:.2f} CPU core-hours (process time summed over the {len(rows)} runs); "
+        f"{wall_hours:.2f} hours of run wall time summed over workers (on a shared machine wall time is not "
+        "a measure of cost).",
         "",
         f"Plot: `{stem}.png` (per setting, each problem's Δ to its default configuration in units of its X; "
         "the band ±1 is the flat region).",

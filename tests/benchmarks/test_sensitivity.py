@@ -108,6 +108,10 @@ def test_quick_run_writes_rows_table_and_plot(tmp_path: Path) -> None:
     assert ".venv/bin/python benchmarks/sensitivity.py --quick" in report
     assert "| configuration | seeds | pretrained | Δ pretrained | end | Δ end |" in report
     assert "| learning_rate_0.0003 | 1 |" in report
+    cpu_hours = sum(r["cpu_seconds"] for r in rows) / 3600
+    assert (
+        f"Compute: {cpu_hours:.2f} CPU core-hours (process time summed over the {len(rows)} runs)" in report
+    )
     assert (tmp_path / "sensitivity_quick.png").stat().st_size > 0
     assert json.loads((tmp_path / "sensitivity_quick.json").read_text())["quick"] is True
     # a rerun finds every run done and only rebuilds the report
