@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.command_line import command_line  # noqa: E402
 from simulator import SimulatorConfig  # noqa: E402
 from simulator.churn import ChurnConfig, ChurnEnv, ChurnSchedule, KnownItemsPolicy, generate_churn  # noqa: E402
 from simulator.evaluate import session_seeds  # noqa: E402
@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             saved["elapsed_seconds"],
             saved.get("notes", []),
         )
-    command = " ".join([".venv/bin/python benchmarks/churn.py", *map(shlex.quote, argv)])
+    command = command_line("benchmarks/churn.py", argv)
     notes: list[str] = []
     arms = list(s.arms)
     if "feature" in arms and (why := feature_available()) is not None:

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.command_line import command_line  # noqa: E402
 from benchmarks.scratch import scratch_postgres_database  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -348,9 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.load_child:
         print(json.dumps(load_child(args.load_child, args.chunk_rows)))
         return {}
-    command = " ".join(
-        [".venv/bin/python", "benchmarks/load_demonstrations.py", *map(shlex.quote, argv or sys.argv[1:])]
-    )
+    command = command_line("benchmarks/load_demonstrations.py", argv or sys.argv[1:])
     load_start = [round(x, 2) for x in os.getloadavg()]
     print(f"load average {load_start} on {os.cpu_count()} CPUs", flush=True)
     data = generate(args.rows)

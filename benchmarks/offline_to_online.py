@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.command_line import command_line  # noqa: E402
 from simulator import RecommendationEnv, SimulatorConfig, generate_catalogue  # noqa: E402
 from simulator.catalogue import Catalogue  # noqa: E402
 from simulator.evaluate import rollout, session_seeds  # noqa: E402
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         for line in lines:
             print(line)
         return lines
-    command = " ".join([".venv/bin/python benchmarks/offline_to_online.py", *map(shlex.quote, argv)])
+    command = command_line("benchmarks/offline_to_online.py", argv)
     config = SimulatorConfig()
     # Longest jobs first (DQfD, PDD), then the cheap ones, for a balanced pool.
     jobs = [(arm, seed, s, config.to_dict()) for arm in ARMS for seed in range(s.seeds) if arm in s.arms]

@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import random
-import shlex
 import shutil
 import signal
 import subprocess
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.command_line import command_line  # noqa: E402
 from benchmarks.scratch import scratch_postgres_database  # noqa: E402
 from service.api.schemas import ActRequest  # noqa: E402  (the bare endpoint parses the same schema)
 
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     from service.quickstart import free_port
 
-    command = " ".join([".venv/bin/python", "benchmarks/serving.py", *map(shlex.quote, argv or sys.argv[1:])])
+    command = command_line("benchmarks/serving.py", argv or sys.argv[1:])
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
