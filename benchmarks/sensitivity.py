@@ -1,13 +1,15 @@
 """Sensitivity of the service's DQfD defaults to the settings that matter (issue 11).
 
 The service trains with one configuration on every deployment (service/settings.py and
-service/learning/agents.py ``agent_config``): 2,000 pretraining updates (``DQFD_PRETRAIN_STEPS``), the
-target period derived from them (``derived_target_update_period``: min(1,000, pretrain // 2)), Adam 1e-4,
+service/learning/agents.py ``agent_config``). The grid is centred on that configuration as it was when the
+study ran: 2,000 pretraining updates (``DQFD_PRETRAIN_STEPS``, now 20,000: :data:`STUDY_PRETRAIN_STEPS`),
+the target period derived from them (``derived_target_update_period``: min(1,000, pretrain // 2)), Adam 1e-4,
 a 2×256 dueling network, batch 32, β annealed over 10^6 updates, the Q-filter on, one update per online
 step. This study moves each of five settings (the issue's four, target period, learning rate, pretraining
-steps and width, and β's annealing schedule) alone to two other values (:data:`SETTING_VALUES`, 11
-configurations with the default) and asks whether the default sits in a flat, good region on problems the
-project never tuned on. Nothing is tuned per problem: every problem gets the same 11 configurations.
+steps and width, and β's annealing schedule) alone to two other values (the pretraining budget to four;
+:data:`SETTING_VALUES`, 13 configurations with the default) and asks whether the default sits in a flat,
+good region on problems the project never tuned on. Nothing is tuned per problem: every problem gets the
+same 13 configurations.
 
 Problems and metrics:
 
@@ -37,13 +39,15 @@ configuration seed each):
 - Gymnasium, 2,000 online steps: CartPole 26 s wall / 17 s CPU, LunarLander 28 s / 18 s, of which
   pretraining 9–10 s wall; so ~5 ms CPU per online step (one update each) and ~3 ms per pretraining
   update: ~130 s CPU at 25,000 steps (CartPole, Acrobot, MountainCar), ~300 s at 50,000 (LunarLander);
-- width: an update costs 0.8× (128) and 1.8× (512) the default's (2.3, 2.9, 5.3 ms CPU), so the 11
-  configurations average ~1.1× the default's cost (β's schedule costs nothing).
+- width: an update costs 0.8× (128) and 1.8× (512) the default's (2.3, 2.9, 5.3 ms CPU), so the first 11
+  configurations average ~1.1× the default's cost (β's schedule costs nothing); 10,000 and 20,000
+  pretraining updates add ~1.5 ms CPU per extra update (benchmarks/results/pretrain_budget.md: 30 s per
+  20,000 on Gymnasium, 35 s and 64 s on the simulator at 100 and 1,000 items).
 
-One seed of every configuration on every problem is ~870 s × 11 × 1.1 ≈ 2.9 CPU hours: the full study
-(6 problems × 11 configurations × 5 seeds = 330 runs) is ~15 core-hours, about 8 to 11 hours of wall time
-with ``--workers 2`` on two free cores; the simulator-only study (``--problems sim100 sim1000``, 110 runs)
-is ~3 core-hours.
+One seed of the first 11 configurations on every problem is ~870 s × 11 × 1.1 ≈ 2.9 CPU hours: those 11
+on 6 problems × 5 seeds (330 runs) are ~15 core-hours, about 8 to 11 hours of wall time with
+``--workers 2`` on two free cores; the simulator-only study (``--problems sim100 sim1000``, 110 runs) is
+~3 core-hours. The two longer pretraining budgets add ~0.6 core-hours per seed.
 
     nice -n 10 .venv/bin/python benchmarks/sensitivity.py --workers 2             # the full study
     nice -n 10 .venv/bin/python benchmarks/sensitivity.py --problems sim100 sim1000
@@ -60,7 +64,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +81,15 @@ from command_line import command_line  # noqa: E402
 
 from service.settings import Settings, derived_target_update_period  # noqa: E402
 
-SETTING_VALUES: dict[str, tuple[float, float]] = {
+SETTING_VALUES: dict[str, tuple[float, ...]] = {
     "target_period": (250, 4000),
     "learning_rate": (3e-5, 3e-4),
-    "pretrain_steps": (1000, 4000),
+    "pretrain_steps": (1000, 4000, 10_000, 20_000),
     "width": (128, 512),
     "beta_anneal": (10_000, 100_000),
 }
-"""The lower and higher value each setting is moved to, alone, around the service default.
+"""The values each setting is moved to, alone, around the service default (a lower and a higher one; the
+pretraining budget also two further out).
 
 - ``target_period`` (default 1,000 = ``derived_target_update_period(2000)``): a factor 4 either way; 250 is
   the shortest the project measured (benchmarks/results/overrule_demonstrator_service_budget.md) and 4,000
@@ -92,8 +97,11 @@ SETTING_VALUES: dict[str, tuple[float, float]] = {
   rule exists to avoid, with the paper's 10,000 even further out).
 - ``learning_rate`` (default 1e-4, DQfDConfig's, the paper's Adam rate): about a factor 3 either way, the
   half-decade steps of a usual learning-rate grid.
-- ``pretrain_steps`` (default 2,000, ``DQFD_PRETRAIN_STEPS``): half and double; the target period follows
-  the service's derived rule (500 and 1,000), as the service would set it.
+- ``pretrain_steps`` (the grid's centre 2,000, :data:`STUDY_PRETRAIN_STEPS`): half and double; the target
+  period follows the service's derived rule (500 and 1,000), as the service would set it. Also 10,000
+  (the paper benchmark's budget) and 20,000 (the README's `pretrain --steps 20000` example), added on
+  3 Dec 2026 when 2,000 was found to leave MountainCar and LunarLander short of the demonstrator after
+  pretraining (benchmarks/pretrain_budget.py measures the curve between them); τ stays 1,000 for both.
 - ``width`` (default 256: ``hidden_sizes`` (256, 256), DQfDConfig's): half and double, hidden (w, w).
 - ``beta_anneal`` (default 10^6 updates, DQfDConfig's ``priority_beta_anneal_updates``: the
   importance-sampling exponent β goes from β0 = 0.6 to 1 over that many updates, [PER] Sec. 3.4): at the
@@ -164,11 +172,20 @@ class StudyConfig:
         return float(getattr(self, setting))
 
 
+STUDY_PRETRAIN_STEPS = 2000
+"""The pretraining budget the grid is centred on: the service's ``DQFD_PRETRAIN_STEPS`` default when the
+study ran (1–3 Dec 2026). The study found it too short (benchmarks/results/pretrain_budget.md) and the
+service now pretrains 20,000 by default, this grid's ``pretrain_steps_20000`` configuration; the rows
+already run stay valid for the grid they were run in, and a grid centred on the new default is a new study
+(another ``--stem``)."""
+
+
 def default_config() -> StudyConfig:
-    """The service's defaults, read from the service (Settings field defaults and DQfDConfig's)."""
+    """The centre of the grid: the service's defaults (Settings field defaults and DQfDConfig's) with
+    :data:`STUDY_PRETRAIN_STEPS` pretraining updates and the target period the service derives from them."""
     from agent import DQfDConfig
 
-    pretrain = int(Settings.model_fields["pretrain_steps"].default)
+    pretrain = STUDY_PRETRAIN_STEPS
     agent = DQfDConfig()
     return StudyConfig(
         name="default",
@@ -182,7 +199,7 @@ def default_config() -> StudyConfig:
 
 
 def study_configs() -> list[StudyConfig]:
-    """The default, then each setting of :data:`SETTING_VALUES` at its lower and higher value (11 in all)."""
+    """The default, then each setting of :data:`SETTING_VALUES` at each of its values (13 in all)."""
     base = default_config()
     configs = [base]
     for setting, values in SETTING_VALUES.items():
@@ -715,7 +732,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
     p.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
     p.add_argument("--settings", nargs="+", choices=list(SETTING_VALUES), help="only these settings' configs")
-    p.add_argument("--configs", nargs="+", choices=names, help="only these configs (default: all 11)")
+    p.add_argument("--configs", nargs="+", choices=names, help="only these configs (default: all 13)")
     p.add_argument("--online-sessions", type=int, default=ONLINE_SESSIONS, help="simulator online budget")
     p.add_argument("--env-steps", type=int, help="Gymnasium online steps (default: paper BUDGETS env_steps)")
     p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
@@ -726,7 +743,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def selected_configs(a: argparse.Namespace) -> list[str]:
-    """The default plus the configurations ``--settings`` and ``--configs`` both select (all 11 by
+    """The default plus the configurations ``--settings`` and ``--configs`` both select (all 13 by
     default)."""
     if a.quick:
         return list(QUICK_CONFIGS)
@@ -767,7 +784,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for j in jobs(problems, selected_configs(a), seeds, a.quick, a.online_sessions, a.env_steps)
             if _key(j) not in done
         ]
-        for row in _execute(todo, a.workers):
+        for row in execute(todo, a.workers, run_job):
             meta["seconds"] += row["wall_seconds"]
             meta["cpu_seconds"] = meta.get("cpu_seconds", 0.0) + row["cpu_seconds"]
             with runs_path.open("a") as fh:
@@ -784,16 +801,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _execute(todo: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
-    """The jobs' rows as they finish: in this process with one worker, else in a spawned pool (submitted
-    in order, so seed 0 finishes first)."""
+def execute(
+    todo: list[dict[str, Any]], workers: int, run: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """``run(job)`` of each job as it finishes: in this process with one worker, else in a spawned pool
+    (submitted in order, so seed 0 finishes first). ``run`` must be a module-level function (pickled)."""
     if workers <= 1:
-        yield from (run_job(j) for j in todo)
+        yield from (run(j) for j in todo)
         return
     from multiprocessing import get_context
 
     with get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap_unordered(run_job, todo, chunksize=1)
+        yield from pool.imap_unordered(run, todo, chunksize=1)
 
 
 if __name__ == "__main__":

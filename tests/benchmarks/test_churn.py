@@ -122,7 +122,7 @@ def test_service_agent_builds_the_services_configs() -> None:
     assert bench._agent_config(s, 123) == agents.agent_config(service)
     config = bench._agent_config(s, 123)
     assert (config.hidden_sizes, config.batch_size, config.learning_rate) == ((256, 256), 32, 1e-4)
-    assert config.q_filter is True and config.target_update_period == 1000  # min(1000, 2000 // 2)
+    assert config.q_filter is True and config.target_update_period == 1000  # min(1000, 20_000 // 2)
     # The item network: the service's rule, exact up to 64 items, 64 sampled above; no learned embedding.
     config_100, network_100, updates = bench.service_agent_configs(100)
     assert config_100 == config and network_100 == item_agents.network_config(service, 100)
@@ -130,7 +130,7 @@ def test_service_agent_builds_the_services_configs() -> None:
     assert bench.service_agent_configs(64)[1] == ItemNetworkConfig(loss_items=None)
     # One update per online transition, and the report's agent fields are the service's.
     assert updates == service.updates_per_transition == 1
-    assert (s.train_every, s.updates_per_step, s.pretrain_steps) == (1, 1, 2000)
+    assert (s.train_every, s.updates_per_step, s.pretrain_steps) == (1, 1, 20_000)  # DQFD_PRETRAIN_STEPS
     assert (s.hidden_sizes, s.batch_size, s.embedding_dim, s.loss_items) == ((256, 256), 32, 64, 64)
     # Without the flag, offline_to_online.py's settings.
     plain, _ = bench.parse_args([])

@@ -19,10 +19,10 @@ from service.settings import derived_target_update_period  # noqa: E402
 SETTINGS = ("target_period", "learning_rate", "pretrain_steps", "width", "beta_anneal")
 
 
-def test_eleven_configs_each_moving_one_setting_from_the_service_default() -> None:
+def test_thirteen_configs_each_moving_one_setting_from_the_service_default() -> None:
     configs = sensitivity.study_configs()
     default = configs[0]
-    assert len(configs) == 11
+    assert len(configs) == 13
     assert (default.name, default.setting) == ("default", None)
     assert (
         default.target_period,
@@ -42,12 +42,12 @@ def test_eleven_configs_each_moving_one_setting_from_the_service_default() -> No
     assert moved == {
         "target_period": [250, 4000],
         "learning_rate": [3e-5, 3e-4],
-        "pretrain_steps": [1000, 4000],
+        "pretrain_steps": [1000, 4000, 10_000, 20_000],
         "width": [128, 512],
         "beta_anneal": [10_000, 100_000],
     }
-    assert [c.target_period for c in configs if c.setting == "pretrain_steps"] == [500, 1000]
-    assert len({c.name for c in configs}) == 11
+    assert [c.target_period for c in configs if c.setting == "pretrain_steps"] == [500, 1000, 1000, 1000]
+    assert len({c.name for c in configs}) == 13
 
 
 def test_service_agent_config_is_what_the_service_builds() -> None:
@@ -83,7 +83,7 @@ def test_settings_and_configs_select_around_the_default() -> None:
         ["--settings", "width", "learning_rate", "--configs", "width_512", "width_128"]
     )
     assert sensitivity.selected_configs(args) == ["default", "width_128", "width_512"]
-    assert len(sensitivity.selected_configs(sensitivity.parse_args([]))) == 11
+    assert len(sensitivity.selected_configs(sensitivity.parse_args([]))) == 13
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_quick_run_writes_rows_table_and_plot(tmp_path: Path) -> None:
 def test_worker_pool_returns_the_rows_of_its_jobs() -> None:
     """--workers > 1 runs jobs in spawned processes (one torch thread each); a cheap job per worker."""
     job = {"problem": "CartPole-v1", "quick": True, "budget": 200, "env_steps": None, "config": "references"}
-    rows = list(sensitivity._execute([{**job, "seed": None}, {**job, "seed": None}], workers=2))
+    rows = list(sensitivity.execute([{**job, "seed": None}, {**job, "seed": None}], 2, sensitivity.run_job))
     assert len(rows) == 2
     assert rows[0]["random"] == rows[1]["random"]  # seeded: the same episodes give the same returns
     assert rows[0]["demonstrator"] > rows[0]["random"]

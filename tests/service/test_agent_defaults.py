@@ -24,7 +24,8 @@ def test_the_target_period_is_1000_but_at_most_half_the_pretraining(pretrain_ste
 
 def test_defaults_are_the_budget_aware_ones_and_the_rest_stays_the_papers() -> None:
     config = agent_config(settings())
-    assert (config.target_update_period, config.q_filter) == (1000, True)  # DQFD_PRETRAIN_STEPS = 2000
+    assert settings().pretrain_steps == 20_000  # benchmarks/results/pretrain_budget.md
+    assert (config.target_update_period, config.q_filter) == (1000, True)  # min(1000, 20_000 // 2)
     assert (config.lambda_margin, config.margin, config.margin_decay_demo_ratio) == (1.0, 0.8, None)
     assert new_agent(settings(), n_actions=3, state_dim=2).config.q_filter is True
 
