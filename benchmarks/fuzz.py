@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -198,7 +197,9 @@ def main() -> None:
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    command = "python benchmarks/fuzz.py " + shlex.join(sys.argv[1:])
+    from benchmarks.command_line import command_line
+
+    command = command_line("benchmarks/fuzz.py", sys.argv[1:], python="python")
     results = {}
     for kind in args.databases:
         results[kind] = fuzz_database(kind, args.examples)

@@ -160,6 +160,18 @@ def _demos(seed: int, s: Settings, config: SimulatorConfig) -> Any:
     return logs_to_arrays(df, n_items=config.n_items), float(df["reward"].sum() / s.demo_sessions)
 
 
+def add_demonstration_arrays(agent: Any, arrays: Any) -> None:
+    """The logs of :func:`_demos` into ``agent``'s demonstration store, sessions and masks kept."""
+    agent.add_demonstrations(
+        arrays.states,
+        arrays.actions,
+        arrays.rewards,
+        arrays.dones,
+        episode_ids=arrays.episode_ids,
+        masks=arrays.masks,
+    )
+
+
 # ------------------------------------------------------------------------------------------- arms
 def run_imitation(seed: int, s: Settings, config: SimulatorConfig) -> dict[str, Any]:
     """Masked cross-entropy on the expert logs with the agent's network class; greedy evaluation."""
@@ -234,14 +246,7 @@ def run_rl(
     started = time.perf_counter()
     if arm == "dqfd":
         arrays, demo_return = _demos(seed, s, config)
-        agent.add_demonstrations(
-            arrays.states,
-            arrays.actions,
-            arrays.rewards,
-            arrays.dones,
-            episode_ids=arrays.episode_ids,
-            masks=arrays.masks,
-        )
+        add_demonstration_arrays(agent, arrays)
         summary = agent.pretrain(s.pretrain_steps, log_every=max(1, s.pretrain_steps // 50))
         result["pretrain"] = {"history": summary["history"], "seconds": summary["seconds"]}
         result["demo_return"] = demo_return

@@ -30,6 +30,8 @@ minutes (LunarLander's and CartPole's 10-episode evaluations are the longer); ``
 makes its updates ~2× dearer than ``sim100``'s.
 
     .venv/bin/python benchmarks/pretrain_budget.py --workers 2     # 6 problems x 3 seeds
+    .venv/bin/python benchmarks/pretrain_budget.py --network feature --problems sim100 \
+        --stem pretrain_budget_feature                             # the feature network (~6 CPU min a run)
     .venv/bin/python benchmarks/pretrain_budget.py --report        # rebuild the report
     .venv/bin/python benchmarks/pretrain_budget.py --quick         # smoke test, < 1 min
 """
@@ -72,6 +74,14 @@ first session" carried to every problem (normalised score 0.95 on Gymnasium)."""
 
 DEFAULT_SEEDS = 3
 
+NETWORK_NOTES = {
+    "fixed": "the fixed head (one output per action, 2×256 dueling), as the service trains on a catalogue "
+    "without numeric item columns and on any discrete action set.",
+    "feature": "the service's feature network over the simulator's items.csv (benchmarks/feature_adapter.py: "
+    "the item agent service.learning.item_agents builds), as the service trains on a catalogue with numeric "
+    "item columns.",
+}
+
 
 def study_config() -> sensitivity.StudyConfig:
     """The service's default configuration with the largest checkpoint as its pretraining budget."""
@@ -112,8 +122,13 @@ def _stages(
     return points
 
 
-def run_sim(seed: int, n_items: int, checkpoints: tuple[int, ...], quick: bool) -> dict[str, Any]:
-    """One simulator run: offline_to_online's demonstrations and evaluation users, the service's agent."""
+def run_sim(
+    seed: int, n_items: int, checkpoints: tuple[int, ...], quick: bool, network: str = "fixed"
+) -> dict[str, Any]:
+    """One simulator run: offline_to_online's demonstrations and evaluation users, the service's agent on
+    ``network`` (``fixed``: the fixed head; ``feature``: the feature network the service trains on the
+    simulator's items.csv, benchmarks/feature_adapter.py)."""
+    import feature_adapter
     import torch
 
     from agent import DQfDAgent
@@ -128,16 +143,10 @@ def run_sim(seed: int, n_items: int, checkpoints: tuple[int, ...], quick: bool) 
     )
     torch.manual_seed(seed)  # as offline_to_online.run_rl's callers
     catalogue = generate_catalogue(config)
-    agent = DQfDAgent(config.obs_dim, config.n_items, cfg, seed=seed)
+    make = feature_adapter.feature_factory(config) if network == "feature" else DQfDAgent
+    agent = make(config.obs_dim, config.n_items, cfg, seed=seed)
     arrays, _ = o2o._demos(seed, s, config)
-    agent.add_demonstrations(
-        arrays.states,
-        arrays.actions,
-        arrays.rewards,
-        arrays.dones,
-        episode_ids=arrays.episode_ids,
-        masks=arrays.masks,
-    )
+    o2o.add_demonstration_arrays(agent, arrays)
     eval_seeds = o2o.session_seeds(o2o.EVAL_SEED_OFFSET + seed, s.eval_sessions)
 
     def evaluate() -> float:
@@ -197,12 +206,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             s = sensitivity.sim_settings(quick, sensitivity.ONLINE_SESSIONS)
             out = sensitivity.sim_references(seed, n_items, s)
         else:
-            out = run_sim(seed, n_items, checkpoints, quick)
+            out = run_sim(seed, n_items, checkpoints, quick, job["network"])
     elif job["config"] == "references":
         out = sensitivity.gym_references(problem, quick, None)
     else:
         out = run_gym(seed, problem, checkpoints, quick)
-    row = {k: job[k] for k in ("problem", "config", "seed")}
+    row = {k: job[k] for k in ("problem", "config", "seed", "network")}
     return {
         **row,
         **out,
@@ -211,19 +220,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def jobs(problems: list[str], seeds: list[int], quick: bool) -> Iterator[dict[str, Any]]:
+def jobs(
+    problems: list[str], seeds: list[int], quick: bool, network: str = "fixed"
+) -> Iterator[dict[str, Any]]:
     """Seed-major, each problem's references first (per seed on the simulator, once on Gymnasium)."""
     for seed in seeds:
         for problem in problems:
             sim = problem in sensitivity.SIM_PROBLEMS
+            common = {"problem": problem, "quick": quick, "network": network}
             if sim or seed == seeds[0]:
-                yield {
-                    "problem": problem,
-                    "config": "references",
-                    "seed": seed if sim else None,
-                    "quick": quick,
-                }
-            yield {"problem": problem, "config": "default", "seed": seed, "quick": quick}
+                yield {**common, "config": "references", "seed": seed if sim else None}
+            yield {**common, "config": "default", "seed": seed}
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -293,6 +300,8 @@ def write_report(summary: dict[str, Any], meta: dict[str, Any], out: Path, stem:
         *[f"    {c}" for c in meta["commands"]],
         "",
         meta["machine"],
+        "",
+        f"Network: {NETWORK_NOTES[meta.get('network', 'fixed')]}",
         "",
         "One agent per problem and seed with the service's configuration (the defaults of "
         "benchmarks/sensitivity.py, τ = 1,000), pretrained in stages and evaluated greedily after each "
@@ -401,6 +410,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds 0 .. N-1 (default {DEFAULT_SEEDS})"
     )
     p.add_argument("--problems", nargs="+", choices=sensitivity.PROBLEMS, default=list(sensitivity.PROBLEMS))
+    p.add_argument(
+        "--network",
+        choices=("fixed", "feature"),
+        default="fixed",
+        help="fixed head, or the service's feature network (simulator problems only; use its own --stem)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     p.add_argument("--out-dir", type=Path, default=o2o.RESULTS)
     p.add_argument("--stem", help="file stem (default pretrain_budget, pretrain_budget_quick with --quick)")
@@ -414,6 +429,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     stem = a.stem or ("pretrain_budget_quick" if a.quick else "pretrain_budget")
     problems = ["sim100", "CartPole-v1"] if a.quick else a.problems
+    if a.network == "feature":
+        if a.quick:
+            problems = ["sim100"]
+        elif any(problem not in sensitivity.SIM_PROBLEMS for problem in problems):
+            raise SystemExit("--network feature: simulator problems only (add --problems sim100 sim1000)")
     seeds = [0] if a.quick else list(range(a.seeds))
     a.out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = a.out_dir / f"{stem}_runs.jsonl"
@@ -432,8 +452,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ],
             "machine": sensitivity._machine(),
         }
-        done = {_key(r) for r in sensitivity.load_rows(runs_path)}
-        todo = [j for j in jobs(problems, seeds, a.quick) if _key(j) not in done]
+        saved = sensitivity.load_rows(runs_path)
+        networks = {r.get("network", "fixed") for r in saved}
+        if networks - {a.network}:
+            raise SystemExit(f"{runs_path} holds runs on the {networks.pop()} network: use another --stem")
+        meta["network"] = a.network
+        done = {_key(r) for r in saved}
+        todo = [j for j in jobs(problems, seeds, a.quick, a.network) if _key(j) not in done]
         for row in sensitivity.execute(todo, a.workers, run_job):
             meta["cpu_seconds"] = meta.get("cpu_seconds", 0.0) + row["cpu_seconds"]
             with runs_path.open("a") as fh:

@@ -7,7 +7,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from command_line import command_line
 
 from . import peers, throughput
 from .demonstrators import demonstrations, demonstrator_mean
@@ -73,13 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    command = command_line("benchmarks/paper.py", argv or sys.argv[1:], python="python")
     if args.rerender is not None:
-        command = "python benchmarks/paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         notes = args.notes.read_text().strip() if args.notes else ""
         report = rerender(args.rerender, args.out, args.name, rebuilt_by=command, notes=notes)
         print(report["claims_text"], flush=True)
         return report
-    command = "python benchmarks/paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     budgets = dict(QUICK_BUDGETS if args.quick else BUDGETS)
     tasks = args.tasks or list(budgets)
     for t in tasks:

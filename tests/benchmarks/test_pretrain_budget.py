@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
@@ -125,3 +126,15 @@ def test_quick_run_writes_the_report_and_resumes(tmp_path: Path) -> None:
     assert len(runs.read_text().splitlines()) == len(rows)
     meta = json.loads((tmp_path / "pretrain_budget_quick_meta.json").read_text())
     assert len(meta["commands"]) == 2
+
+
+def test_feature_network_runs_on_the_simulator_only_and_never_shares_a_stem(tmp_path: Path) -> None:
+    out = ["--out-dir", str(tmp_path), "--stem", "mixed"]
+    with pytest.raises(SystemExit, match="simulator problems only"):
+        pretrain_budget.main(["--network", "feature", "--problems", "sim100", "CartPole-v1", *out])
+    # a stem that holds fixed-head runs refuses feature-network runs, before running anything
+    row = {"problem": "sim100", "config": "references", "seed": 0, "network": "fixed"}
+    (tmp_path / "mixed_runs.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(SystemExit, match="holds runs on the fixed network"):
+        pretrain_budget.main(["--network", "feature", "--problems", "sim100", *out])
+    assert (tmp_path / "mixed_runs.jsonl").read_text().count("\n") == 1
