@@ -73,12 +73,12 @@ class Settings(BaseSettings):
     replay_capacity: int | None = None
     agent_overrides: dict[str, Any] = Field(default_factory=dict, description="extra DQfDConfig fields")
     seed: int | None = None
-    # Updates of a pretrain / retrain job. The paper's 750,000 (Sec. 4) is days of CPU; 20,000 is where the
-    # greedy policy reaches the logging policy on the problems measured: 2,000 left MountainCar and
-    # LunarLander far short of the demonstrator (0.00 and 0.12 of it), 20,000 starts them at 0.94 and 0.73
-    # and the simulator and CartPole at 1.00-1.03 (benchmarks/results/pretrain_budget.md), without
-    # lowering the end of online learning (benchmarks/results/sensitivity.md). No signal in the data
-    # (agreement with the demonstrations, the value scale) says earlier when a problem is done.
+    # Updates of a pretrain / retrain job. The paper's 750,000 (Sec. 4) is days of CPU. 2,000 left
+    # MountainCar and LunarLander far short of the demonstrator (0.00 and 0.12 of it); 20,000 starts them
+    # at 0.94 and 0.73 and the simulator, CartPole and Acrobot at 1.00-1.13, the slowest measured reaching
+    # 0.95 at 15,000 (benchmarks/results/pretrain_budget.md), without lowering the end of online learning
+    # (benchmarks/results/sensitivity.md). No signal in the data (agreement with the demonstrations, the
+    # value scale, the amount of logs) says earlier when a problem is done.
     pretrain_steps: int = Field(default=20_000, ge=0, description="updates of a pretrain / retrain job")
     demo_chunk_rows: int = Field(default=10_000, ge=1)
 
