@@ -138,3 +138,22 @@ def test_feature_network_runs_on_the_simulator_only_and_never_shares_a_stem(tmp_
     with pytest.raises(SystemExit, match="holds runs on the fixed network"):
         pretrain_budget.main(["--network", "feature", "--problems", "sim100", *out])
     assert (tmp_path / "mixed_runs.jsonl").read_text().count("\n") == 1
+
+
+def test_demonstration_statistics_in_chunks_equal_all_at_once() -> None:
+    """The feature network scores every (state, item) pair, so the statistics are computed in row chunks
+    (all ~18,000 simulator states × 1,000 items at once ran out of memory); chunking changes nothing."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(7, 5)).astype(np.float32)
+    calls = []
+
+    class TableAgent:
+        def q_values(self, states: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+            calls.append(len(states))
+            return table[states[:, 0].astype(int)]
+
+    states = np.arange(7, dtype=np.float32)[:, None]
+    greedy, best = pretrain_budget._greedy_and_max(TableAgent(), states, None, max_pairs=10)
+    np.testing.assert_array_equal(greedy, table.argmax(axis=1))
+    np.testing.assert_array_equal(best, table.max(axis=1))
+    assert calls == [1, 2, 2, 2]  # one row to learn the width, then 10 // 5 = 2 rows (10 pairs) a call
