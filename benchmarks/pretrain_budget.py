@@ -177,7 +177,11 @@ def run_sim(
         return float(o2o.evaluate_greedy(agent.q_values, eval_seeds, config, catalogue).mean())
 
     points = _stages(agent, checkpoints, evaluate, arrays.states, arrays.actions, arrays.masks)
-    return {"points": points, "demonstrations": len(arrays.actions), "agent_config": cfg_dict(cfg)}
+    return {
+        "points": points,
+        "demonstrations": len(arrays.actions),
+        "agent_config": sensitivity._config_dict(cfg),
+    }
 
 
 def run_gym(seed: int, env_id: str, checkpoints: tuple[int, ...], quick: bool) -> dict[str, Any]:
@@ -191,8 +195,9 @@ def run_gym(seed: int, env_id: str, checkpoints: tuple[int, ...], quick: bool) -
 
     from agent import DQfDAgent
 
-    budget = sensitivity.gym_budget(env_id, study_config(), quick, None)
-    cfg = sensitivity.service_agent_config(study_config(), replay_capacity=sensitivity.GYM_REPLAY_CAPACITY)
+    study = study_config()
+    budget = sensitivity.gym_budget(env_id, study, quick, None)
+    cfg = sensitivity.service_agent_config(study, replay_capacity=sensitivity.GYM_REPLAY_CAPACITY)
     env = gym.make(env_id)
     state_dim, n_actions = env.observation_space.shape[0], int(env.action_space.n)
     env.close()
@@ -208,12 +213,7 @@ def run_gym(seed: int, env_id: str, checkpoints: tuple[int, ...], quick: bool) -
         return float(np.mean(evaluate_episodes(policy, env_id, budget.eval_episodes)))
 
     points = _stages(agent, checkpoints, evaluate, states, actions, None)
-    return {"points": points, "demonstrations": len(actions), "agent_config": cfg_dict(cfg)}
-
-
-def cfg_dict(cfg: Any) -> dict[str, Any]:
-    """A DQfDConfig as JSON-ready values."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {"points": points, "demonstrations": len(actions), "agent_config": sensitivity._config_dict(cfg)}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +294,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             u: {name: sensitivity.mean_ci(values) for name, values in entry.items()}
             for u, entry in sorted(per_point.items())
         }
+        counts = [run["demonstrations"] for run in runs if "demonstrations" in run]
         reached = [u for u, e in points.items() if e["metric"][0] >= REACH_FRACTION]
         best = max(points, key=lambda u: points[u]["metric"][0]) if points else None
         out[problem] = {
@@ -304,12 +305,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "points": points,
             "first_reaching": reached[0] if reached else None,
             "best": best,
+            # the simulator's logs differ per seed: their range
+            "demonstrations": "–".join(dict.fromkeys(f"{c:,}" for c in (min(counts), max(counts))))
+            if counts
+            else "",
         }
     return out
-
-
-def _fmt(mc: tuple[float, float], digits: int = 3) -> str:
-    return f"{mc[0]:.{digits}f} ± {mc[1]:.{digits}f}"
 
 
 def write_report(summary: dict[str, Any], meta: dict[str, Any], out: Path, stem: str) -> None:
@@ -351,7 +352,7 @@ def write_report(summary: dict[str, Any], meta: dict[str, Any], out: Path, stem:
         cells = [f"{ps['points'][u]['metric'][0]:.2f}" if u in ps["points"] else "–" for u in checkpoints]
         first = ps["first_reaching"]
         lines.append(
-            f"| {problem} | {len(ps['seeds'])} | {ps.get('demonstrations', '')} | {' | '.join(cells)} | "
+            f"| {problem} | {len(ps['seeds'])} | {ps['demonstrations']} | {' | '.join(cells)} | "
             f"{f'{first:,}' if first is not None else 'none'} |"
         )
     for problem, ps in summary.items():
@@ -366,10 +367,11 @@ def write_report(summary: dict[str, Any], meta: dict[str, Any], out: Path, stem:
             "| updates | metric | agreement | mean Q | J_E (last stage) | pretraining CPU s |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
+        fmt = sensitivity._fmt
         for u, e in ps["points"].items():
             lines.append(
-                f"| {u:,} | {_fmt(e['metric'])} | {_fmt(e['agreement'])} | {_fmt(e['mean_q'], 2)} | "
-                f"{_fmt(e['j_e'])} | {e['cpu'][0]:.0f} |"
+                f"| {u:,} | {fmt(e['metric'])} | {fmt(e['agreement'])} | {fmt(e['mean_q'], 2)} | "
+                f"{fmt(e['j_e'])} | {e['cpu'][0]:.0f} |"
             )
     notes = out / f"{stem}_notes.md"
     if notes.exists():  # hand-written reading of the numbers, kept across re-reports
@@ -495,10 +497,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         meta_path.write_text(json.dumps(meta, indent=1))
     rows = sensitivity.load_rows(runs_path)
     summary = summarise(rows)
-    for problem, ps in summary.items():
-        counts = {r["demonstrations"] for r in rows if r["problem"] == problem and "demonstrations" in r}
-        # the simulator's logs differ per seed: their range
-        ps["demonstrations"] = "–".join(dict.fromkeys(f"{c:,}" for c in (min(counts), max(counts))))
     write_report(summary, meta, a.out_dir, stem)
     print((a.out_dir / f"{stem}.md").read_text())
     return summary
